@@ -1,0 +1,41 @@
+# Quick start: `make test` (fresh machine: venv, build, whole suite) and `make demo`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# The small CPU build of torch (a local wheel on the project's machines; PyPI elsewhere).
+TORCH_SPEC ?= torch==2.13.0
+CUDA_TORCH_SPEC ?= torch==2.14.1
+export MAX_JOBS ?= 2
+
+.PHONY: install test demo bench cuda-check clean
+
+$(VENV)/.installed: setup.py pyproject.toml CMakeLists.txt $(wildcard cmake/*.cmake)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q "$(TORCH_SPEC)" cmake ninja pybind11 numpy
+	touch $@
+
+install: $(VENV)/.installed
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/leapdec demo
+
+bench: install
+	$(PY) benchmarks/bench_attention.py --quick
+
+# Compile every CUDA source against a CUDA build of torch (no GPU needed to compile).
+cuda-check:
+	$(PYTHON) -m venv .venv-cuda
+	.venv-cuda/bin/pip install -q --upgrade pip setuptools wheel
+	.venv-cuda/bin/pip install -q "$(CUDA_TORCH_SPEC)" cmake ninja pybind11 numpy
+	LEAPDEC_CUDA=1 TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-8.0;9.0a}" \
+		.venv-cuda/bin/pip install -q --no-build-isolation --no-deps .
+	cd /tmp && $(CURDIR)/.venv-cuda/bin/python -c "import leapdec, torch; i = leapdec.build_info(); print(i); assert i['cuda']; print(sorted(n for n in dir(torch.ops.leapdec) if not n.startswith('_')))"
+
+clean:
+	rm -rf build $(VENV) .venv-cuda python/leapdec/*.so

@@ -1,0 +1,164 @@
+#include "checks.h"
+
+#include "ops.h"
+
+namespace leapdec {
+
+MaskMode parse_mask_mode(const std::string& mode) {
+  if (mode == "none") return MaskMode::kNone;
+  if (mode == "causal") return MaskMode::kCausal;
+  if (mode == "custom") return MaskMode::kCustom;
+  TORCH_CHECK(false, "mask_mode must be one of 'none', 'causal', 'custom', got '", mode, "'");
+}
+
+void check_float_dtype(const at::Tensor& t, const char* name, bool cuda) {
+  auto st = t.scalar_type();
+  bool ok = st == at::kFloat || st == at::kBFloat16 || st == at::kHalf;
+  TORCH_CHECK(ok, name, " must be float32, bfloat16 or float16", cuda ? "" : " (float16 is slow on CPU)",
+              ", got ", st);
+}
+
+void check_kv_cache(const at::Tensor& k_cache, const at::Tensor& v_cache) {
+  check_dim(k_cache, 4, "k_cache", "[num_pages, page_size, H_kv, D]");
+  check_dim(v_cache, 4, "v_cache", "[num_pages, page_size, H_kv, D]");
+  TORCH_CHECK(k_cache.sizes() == v_cache.sizes(), "v_cache must have the shape of k_cache ",
+              k_cache.sizes(), ", got ", v_cache.sizes());
+  TORCH_CHECK(k_cache.scalar_type() == v_cache.scalar_type(), "v_cache must have the dtype of k_cache (",
+              k_cache.scalar_type(), "), got ", v_cache.scalar_type());
+  check_same_device(v_cache, k_cache, "v_cache", "k_cache");
+  check_float_dtype(k_cache, "k_cache", k_cache.is_cuda());
+  check_contiguous(k_cache, "k_cache");
+  check_contiguous(v_cache, "v_cache");
+}
+
+void check_append_args(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cache,
+                       const at::Tensor& v_cache, const at::Tensor& slot_mapping) {
+  check_kv_cache(k_cache, v_cache);
+  check_dim(k, 3, "k", "[N, H_kv, D]");
+  check_dim(v, 3, "v", "[N, H_kv, D]");
+  TORCH_CHECK(k.size(1) == k_cache.size(2) && k.size(2) == k_cache.size(3), "k must be [N, ",
+              k_cache.size(2), ", ", k_cache.size(3), "] to match the cache, got ", k.sizes());
+  TORCH_CHECK(v.sizes() == k.sizes(), "v must have the shape of k ", k.sizes(), ", got ", v.sizes());
+  TORCH_CHECK(k.scalar_type() == k_cache.scalar_type(), "k must have the cache dtype ",
+              k_cache.scalar_type(), ", got ", k.scalar_type());
+  TORCH_CHECK(v.scalar_type() == k_cache.scalar_type(), "v must have the cache dtype ",
+              k_cache.scalar_type(), ", got ", v.scalar_type());
+  check_same_device(k, k_cache, "k", "k_cache");
+  check_same_device(v, k_cache, "v", "k_cache");
+  check_contiguous(k, "k");
+  check_contiguous(v, "v");
+  check_index_tensor(slot_mapping, k_cache, "slot_mapping");
+  TORCH_CHECK(slot_mapping.size(0) == k.size(0), "slot_mapping must have one slot per row of k (",
+              k.size(0), "), got ", slot_mapping.size(0));
+}
+
+int check_paged_attention_args(const at::Tensor& out, const std::optional<at::Tensor>& lse,
+                               const at::Tensor& q, const at::Tensor& k_cache,
+                               const at::Tensor& v_cache, const at::Tensor& qo_indptr,
+                               const at::Tensor& kv_indptr, const at::Tensor& kv_indices,
+                               const at::Tensor& kv_last_page_len, const std::string& mask_mode,
+                               const std::optional<at::Tensor>& custom_mask,
+                               const std::optional<at::Tensor>& mask_indptr) {
+  MaskMode mode = parse_mask_mode(mask_mode);
+  check_kv_cache(k_cache, v_cache);
+  check_dim(q, 3, "q", "[total_q, H_q, D]");
+  check_contiguous(q, "q");
+  check_same_device(q, k_cache, "q", "k_cache");
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type(), "q must have the cache dtype ",
+              k_cache.scalar_type(), ", got ", q.scalar_type());
+  const int64_t h_kv = k_cache.size(2), d = k_cache.size(3);
+  TORCH_CHECK(q.size(2) == d, "q head dim must equal the cache head dim ", d, ", got ", q.size(2));
+  TORCH_CHECK(q.size(1) % h_kv == 0, "q heads (", q.size(1), ") must be a multiple of the KV heads (",
+              h_kv, ")");
+  TORCH_CHECK(out.sizes() == q.sizes(), "out must have the shape of q ", q.sizes(), ", got ", out.sizes());
+  TORCH_CHECK(out.scalar_type() == q.scalar_type(), "out must have the dtype of q");
+  check_same_device(out, q, "out", "q");
+  check_contiguous(out, "out");
+  if (lse.has_value()) {
+    const auto& l = *lse;
+    TORCH_CHECK(l.dim() == 2 && l.size(0) == q.size(0) && l.size(1) == q.size(1),
+                "lse must be [total_q, H_q] = [", q.size(0), ", ", q.size(1), "], got ", l.sizes());
+    check_dtype(l, at::kFloat, "lse");
+    check_same_device(l, q, "lse", "q");
+    check_contiguous(l, "lse");
+  }
+  check_index_tensor(qo_indptr, k_cache, "qo_indptr");
+  check_index_tensor(kv_indptr, k_cache, "kv_indptr");
+  check_index_tensor(kv_indices, k_cache, "kv_indices");
+  check_index_tensor(kv_last_page_len, k_cache, "kv_last_page_len");
+  const int64_t batch = kv_last_page_len.size(0);
+  TORCH_CHECK(qo_indptr.size(0) == batch + 1, "qo_indptr must have B+1 = ", batch + 1,
+              " entries (B from kv_last_page_len), got ", qo_indptr.size(0));
+  TORCH_CHECK(kv_indptr.size(0) == batch + 1, "kv_indptr must have B+1 = ", batch + 1,
+              " entries (B from kv_last_page_len), got ", kv_indptr.size(0));
+  if (mode == MaskMode::kCustom) {
+    TORCH_CHECK(custom_mask.has_value() && mask_indptr.has_value(),
+                "mask_mode='custom' needs custom_mask and mask_indptr");
+    check_dtype(*custom_mask, at::kBool, "custom_mask");
+    check_dim(*custom_mask, 1, "custom_mask", "flat bool vector (each request's [qo_len, qo_len] row-major)");
+    check_contiguous(*custom_mask, "custom_mask");
+    check_same_device(*custom_mask, q, "custom_mask", "q");
+    check_index_tensor(*mask_indptr, k_cache, "mask_indptr");
+    TORCH_CHECK(mask_indptr->size(0) == batch + 1, "mask_indptr must have B+1 = ", batch + 1,
+                " entries, got ", mask_indptr->size(0));
+  }
+  return static_cast<int>(mode);
+}
+
+void check_slots_in_range(const at::Tensor& slots, int64_t num_slots, const char* name,
+                          bool allow_negative) {
+  const int* s = slots.data_ptr<int>();
+  for (int64_t i = 0; i < slots.numel(); ++i) {
+    if (allow_negative && s[i] < 0) continue;
+    TORCH_CHECK(s[i] >= 0 && s[i] < num_slots, name, "[", i, "] = ", s[i], " is out of range [",
+                allow_negative ? "-inf" : "0", ", ", num_slots, ") (num_pages * page_size)");
+  }
+}
+
+void check_paged_indices_values(const at::Tensor& qo_indptr, const at::Tensor& kv_indptr,
+                                const at::Tensor& kv_indices, const at::Tensor& kv_last_page_len,
+                                int64_t num_pages, int64_t page_size, int64_t total_q,
+                                const std::optional<at::Tensor>& custom_mask,
+                                const std::optional<at::Tensor>& mask_indptr) {
+  const int* qo = qo_indptr.data_ptr<int>();
+  const int* kvp = kv_indptr.data_ptr<int>();
+  const int* idx = kv_indices.data_ptr<int>();
+  const int* last = kv_last_page_len.data_ptr<int>();
+  const int64_t batch = kv_last_page_len.size(0);
+  TORCH_CHECK(qo[0] == 0, "qo_indptr[0] must be 0, got ", qo[0]);
+  TORCH_CHECK(kvp[0] == 0, "kv_indptr[0] must be 0, got ", kvp[0]);
+  TORCH_CHECK(qo[batch] == total_q, "qo_indptr[B] must equal the number of query rows ", total_q,
+              ", got ", qo[batch]);
+  TORCH_CHECK(kvp[batch] <= kv_indices.size(0), "kv_indptr[B] = ", kvp[batch],
+              " exceeds the length of kv_indices (", kv_indices.size(0), ")");
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t qo_len = qo[b + 1] - qo[b];
+    const int64_t n_pages = kvp[b + 1] - kvp[b];
+    TORCH_CHECK(qo_len >= 0, "qo_indptr must be non-decreasing (request ", b, ")");
+    TORCH_CHECK(n_pages >= 0, "kv_indptr must be non-decreasing (request ", b, ")");
+    const int64_t kv_len = n_pages == 0 ? 0 : page_size * (n_pages - 1) + last[b];
+    if (n_pages > 0) {
+      TORCH_CHECK(last[b] >= 1 && last[b] <= page_size, "kv_last_page_len[", b, "] = ", last[b],
+                  " must be in 1..page_size (", page_size, ")");
+    }
+    TORCH_CHECK(qo_len <= kv_len, "request ", b, " has qo_len ", qo_len, " > kv_len ", kv_len,
+                ": queries must be the last qo_len positions of their KV sequence (append first)");
+    for (int64_t p = kvp[b]; p < kvp[b + 1]; ++p) {
+      TORCH_CHECK(idx[p] >= 0 && idx[p] < num_pages, "kv_indices[", p, "] = ", idx[p],
+                  " is out of range [0, ", num_pages, ")");
+    }
+  }
+  if (custom_mask.has_value() && mask_indptr.has_value()) {
+    const int* mi = mask_indptr->data_ptr<int>();
+    TORCH_CHECK(mi[0] == 0, "mask_indptr[0] must be 0, got ", mi[0]);
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t qo_len = qo[b + 1] - qo[b];
+      TORCH_CHECK(mi[b + 1] - mi[b] == qo_len * qo_len, "mask_indptr: request ", b, " must hold qo_len^2 = ",
+                  qo_len * qo_len, " mask entries, got ", mi[b + 1] - mi[b]);
+    }
+    TORCH_CHECK(mi[batch] <= custom_mask->numel(), "mask_indptr[B] = ", mi[batch],
+                " exceeds custom_mask's length ", custom_mask->numel());
+  }
+}
+
+}  // namespace leapdec

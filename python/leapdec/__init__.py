@@ -1,0 +1,22 @@
+"""leapdec: decode many tokens per model step.
+
+Kernels (``leapdec.ops``, ``torch.ops.leapdec.*``), a paged KV cache (``leapdec.kv_cache``),
+models (``leapdec.models``) and one module per decoding method (``leapdec.decoding``).
+"""
+
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+from leapdec import _C
+from leapdec import ops
+
+__version__ = _C.build_info()["version"]
+
+
+def build_info() -> dict:
+    """Version, CUDA on/off and CUDA archs of the compiled extension."""
+    info = dict(_C.build_info())
+    info["torch"] = torch.__version__
+    return info
+
+
+__all__ = ["build_info", "ops"]

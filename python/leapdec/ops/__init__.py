@@ -1,0 +1,10 @@
+"""Typed wrappers over ``torch.ops.leapdec.*``: they allocate outputs, convert index dtypes,
+and check index values of CUDA tensors on the host (outside graph capture)."""
+
+from leapdec.ops._lib import set_index_checks
+from leapdec.ops.attention import paged_attention
+from leapdec.ops.kv_cache import append_paged_kv, move_kv_slots
+from leapdec.ops.rope import rope_append_paged_kv
+
+__all__ = ["append_paged_kv", "move_kv_slots", "paged_attention", "rope_append_paged_kv",
+           "set_index_checks"]

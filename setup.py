@@ -1,0 +1,62 @@
+"""Builds leapdec._C with CMake (vLLM-style CMakeExtension + build_ext).
+
+Environment: LEAPDEC_CUDA=auto|0|1 (CUDA kernels), TORCH_CUDA_ARCH_LIST (e.g. "8.0;9.0a"),
+MAX_JOBS (parallel compile jobs), CUDA_HOME (nvcc location).
+"""
+
+import os
+import subprocess
+import sys
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+VERSION = "0.1.0"
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name: str, source_dir: str = ROOT) -> None:
+        super().__init__(name, sources=[], py_limited_api=False)
+        self.source_dir = source_dir
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext: CMakeExtension) -> None:
+        import pybind11  # noqa: F401  (fail early with a clear error if missing)
+        import torch.utils
+
+        out_dir = os.path.abspath(os.path.dirname(self.get_ext_fullpath(ext.name)))
+        # A persistent build folder per torch build, so rebuilds are incremental (ninja).
+        tag = f"{sys.implementation.cache_tag}-torch{torch.__version__}-cuda{os.environ.get('LEAPDEC_CUDA', 'auto')}"
+        build_dir = os.path.join(ROOT, "build", tag.replace("+", "_"))
+        os.makedirs(build_dir, exist_ok=True)
+        jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
+        args = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+            f"-DCMAKE_BUILD_TYPE={os.environ.get('CMAKE_BUILD_TYPE', 'Release')}",
+            f"-DLEAPDEC_CUDA={os.environ.get('LEAPDEC_CUDA', 'auto')}",
+            f"-DLEAPDEC_VERSION={VERSION}",
+        ]
+        try:
+            import ninja  # noqa: F401
+            args.append("-GNinja")
+        except ImportError:
+            pass
+        subprocess.check_call(["cmake", ext.source_dir, *args], cwd=build_dir)
+        subprocess.check_call(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir)
+
+
+setup(
+    name="leapdec",
+    version=VERSION,
+    package_dir={"": "python"},
+    packages=find_packages("python"),
+    package_data={"leapdec": ["zoo/**/*", "py.typed"]},
+    include_package_data=True,
+    ext_modules=[CMakeExtension("leapdec._C")],
+    cmdclass={"build_ext": CMakeBuild},
+    zip_safe=False,
+)

@@ -1,0 +1,155 @@
+"""End-to-end decoding benchmark: every method on the zoo models (or a given checkpoint).
+
+Reports tokens per model call, model calls, tokens/s, speedup over our AR engine and over
+`transformers.generate` on the same checkpoint, and agreement with greedy AR. Writes a markdown
+table, JSON and a PNG plot. `--floor` adds the AR engine on a random 1B-parameter Llama shape
+against the weight-streaming floor (bytes of weights / measured copy bandwidth per token).
+
+    python benchmarks/bench_decode.py --quick                 # CPU, small
+    python benchmarks/bench_decode.py --device cuda --floor   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+import leapdec
+from leapdec.evaluate import compare_methods, markdown_table, save_results
+
+
+def copy_bandwidth(device, nbytes=256 * 2**20) -> float:
+    """Measured device copy bandwidth in bytes/s (read + write counted)."""
+    x = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0, n = time.perf_counter(), 10
+    for _ in range(n):
+        y.copy_(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * nbytes * n / (time.perf_counter() - t0)
+
+
+def transformers_generate(path, prompts, max_new_tokens, device, dtype):
+    """Greedy `transformers.generate` on the same checkpoint, one prompt at a time (its eager default)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    outs, t0 = [], time.perf_counter()
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor([p], device=device)
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=model.config.eos_token_id,
+                                 pad_token_id=model.config.eos_token_id)
+            outs.append(gen[0, len(p):].tolist())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    eos = model.config.eos_token_id
+    outs = [o[: o.index(eos)] if eos in o else o for o in outs]
+    return outs, wall
+
+
+def floor_benchmark(device, quick):
+    """Our AR engine at batch 1 on a random Llama shape vs the weight-streaming floor."""
+    from leapdec.models.config import ModelConfig
+    from leapdec.models.transformer import Transformer
+
+    if quick:
+        shape = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+                     num_key_value_heads=2, vocab_size=4096)
+    else:  # TinyLlama-1.1B shape
+        shape = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                     num_key_value_heads=4, vocab_size=32000)
+    cfg = ModelConfig(architecture="LlamaForCausalLM", head_dim=shape["hidden_size"] // shape["num_attention_heads"],
+                      max_position_embeddings=4096, **shape)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = Transformer(cfg).to(device=device, dtype=dtype).eval()
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bw = copy_bandwidth(device) / 2  # bytes/s streamed (read side)
+    floor_tps = bw / weight_bytes
+    n_new = 32 if quick else 256
+    prompt = [list(range(1, 33))]
+    leapdec.generate(model, prompt, method="ar", max_new_tokens=8)
+    t0 = time.perf_counter()
+    out = leapdec.generate(model, prompt, method="ar", max_new_tokens=n_new, stop_tokens=[])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    tps = len(out.tokens[0]) / (time.perf_counter() - t0)
+    return dict(params=sum(p.numel() for p in model.parameters()), weight_bytes=weight_bytes,
+                read_bandwidth_GBps=bw / 1e9, floor_tok_s=floor_tps, ar_tok_s=tps,
+                fraction_of_floor=tps / floor_tps)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default=None, help="comma-separated (default: all available)")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="few prompts, short outputs (CPU)")
+    ap.add_argument("--floor", action="store_true", help="AR engine vs the weight-streaming floor")
+    ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--gpu-check", action="store_true", help="the short run of benchmarks/gpu_check.sh")
+    ap.add_argument("--out", default="bench_out", help="folder for decode.md, decode.json, decode.png")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.prompts, args.max_new_tokens = 3, 32
+    if args.gpu_check:
+        args.floor = True
+    device = torch.device(args.device)
+    os.makedirs(args.out, exist_ok=True)
+
+    from leapdec.train.corpus import eval_prompts
+    from leapdec.zoo import resolve
+
+    tok = leapdec.load_tokenizer("stdlib-ar")
+    prompts = [tok.encode(p.prompt).ids for p in eval_prompts(args.prompts)]
+    methods = args.methods.split(",") if args.methods else leapdec.methods()
+    skipped = []
+    results = compare_methods(prompts, methods, args.max_new_tokens, device=args.device, skipped=skipped,
+                              repeats=1 if args.quick else 2)
+    table = markdown_table(results)
+    report = {"device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+              "results": [r.__dict__ for r in results], "skipped": skipped}
+
+    if not args.no_transformers:
+        ar = next(r for r in results if r.method == "ar")
+        hf_out, hf_wall = transformers_generate(resolve("stdlib-ar"), prompts, args.max_new_tokens, device,
+                                                torch.float32 if device.type == "cpu" else torch.bfloat16)
+        hf_tps = sum(len(o) for o in hf_out) / hf_wall
+        model = leapdec.load_model("stdlib-ar", device=args.device)
+        ours = leapdec.generate(model, prompts, method="ar", max_new_tokens=args.max_new_tokens)
+        same = ours.tokens == hf_out
+        table += (f"\n`transformers.generate` (eager, batch 1, same checkpoint): {hf_tps:.1f} tok/s; our AR engine "
+                  f"{ar.tokens_per_s:.1f} tok/s ({ar.tokens_per_s / hf_tps:.2f}x); identical tokens: {same}\n")
+        report["transformers"] = dict(tokens_per_s=hf_tps, identical=same, ar_speedup=ar.tokens_per_s / hf_tps)
+
+    if args.floor:
+        fl = floor_benchmark(device, args.quick)
+        report["floor"] = fl
+        table += (f"\nAR engine, batch 1, random Llama shape ({fl['params'] / 1e6:.0f}M params): "
+                  f"{fl['ar_tok_s']:.1f} tok/s against a weight-streaming floor of {fl['floor_tok_s']:.0f} tok/s "
+                  f"({100 * fl['fraction_of_floor']:.1f}% of floor, read bandwidth {fl['read_bandwidth_GBps']:.0f} GB/s)\n")
+
+    if skipped:
+        table += "\nskipped: " + "; ".join(skipped) + "\n"
+    print(table)
+    with open(os.path.join(args.out, "decode.md"), "w") as f:
+        f.write(table)
+    with open(os.path.join(args.out, "decode.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    save_results(results, png_path=os.path.join(args.out, "decode.png"))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,8 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from leapdec import _C
 from leapdec import ops
+from leapdec import decoding, models, zoo
+from leapdec.api import generate, load_model, load_tokenizer, methods, stream_generate
 
 __version__ = _C.build_info()["version"]
 
@@ -19,4 +21,5 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["build_info", "ops"]
+__all__ = ["build_info", "decoding", "generate", "load_model", "load_tokenizer", "methods", "models",
+           "ops", "stream_generate", "zoo"]

@@ -15,6 +15,19 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 VERSION = "0.1.0"
 
 
+def _cmake_binary() -> str:
+    """The pip `cmake` package's binary when installed (new enough for CUDA 13's C++20), else PATH's."""
+    try:
+        import cmake
+
+        path = os.path.join(cmake.CMAKE_BIN_DIR, "cmake")
+        if os.path.exists(path):
+            return path
+    except ImportError:
+        pass
+    return "cmake"
+
+
 class CMakeExtension(Extension):
     def __init__(self, name: str, source_dir: str = ROOT) -> None:
         super().__init__(name, sources=[], py_limited_api=False)
@@ -45,8 +58,9 @@ class CMakeBuild(build_ext):
             args.append("-GNinja")
         except ImportError:
             pass
-        subprocess.check_call(["cmake", ext.source_dir, *args], cwd=build_dir)
-        subprocess.check_call(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir)
+        cmake = _cmake_binary()
+        subprocess.check_call([cmake, ext.source_dir, *args], cwd=build_dir)
+        subprocess.check_call([cmake, "--build", ".", "--parallel", jobs], cwd=build_dir)
 
 
 setup(

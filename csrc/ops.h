@@ -33,6 +33,34 @@ void rope_append_paged_kv_cpu(at::Tensor& q, const at::Tensor& k, const at::Tens
                               at::Tensor& k_cache, at::Tensor& v_cache,
                               const at::Tensor& slot_mapping, bool is_neox);
 
+void build_tree_cpu(at::Tensor& mask, at::Tensor& depth, const at::Tensor& parents);
+void verify_tree_greedy_cpu(at::Tensor& accept_len, at::Tensor& accept_index, at::Tensor& bonus,
+                            const at::Tensor& candidates, const at::Tensor& parents,
+                            const at::Tensor& target_tokens);
+void verify_tree_typical_cpu(at::Tensor& accept_len, at::Tensor& accept_index, at::Tensor& bonus,
+                             at::Tensor& node_logprob, const at::Tensor& candidates,
+                             const at::Tensor& parents, const at::Tensor& target_logits,
+                             double posterior_threshold, double posterior_alpha, double temperature);
+void verify_tree_sampling_cpu(at::Tensor& accept_len, at::Tensor& accept_index, at::Tensor& bonus,
+                              const at::Tensor& candidates, const at::Tensor& parents,
+                              const std::optional<at::Tensor>& draft_probs,
+                              const at::Tensor& target_probs, const at::Tensor& coins,
+                              const std::string& draft_rule,
+                              const std::optional<at::Tensor>& workspace);
+void unmask_and_filter_cpu(const at::Tensor& logits, at::Tensor& tokens, at::Tensor& masked,
+                           at::Tensor& committed, at::Tensor& confidence, at::Tensor& eot_pos,
+                           at::Tensor& predicted, at::Tensor& entropy, const at::Tensor& block_start,
+                           const at::Tensor& block_end, const std::optional<at::Tensor>& k,
+                           const std::optional<at::Tensor>& seeds, const std::optional<at::Tensor>& filter_w1,
+                           const std::optional<at::Tensor>& filter_b1, const std::optional<at::Tensor>& filter_w2,
+                           const std::optional<at::Tensor>& filter_b2, const std::optional<at::Tensor>& workspace,
+                           const std::string& policy, double threshold, double factor, double position_penalty,
+                           double temperature, int64_t eos_id, int64_t pad_id, bool eotp, double eot_threshold,
+                           bool revise, double revise_topk, double accept_threshold, int64_t num_splits);
+void topological_reorder_cpu(const at::Tensor& tokens, const at::Tensor& masked,
+                             const at::Tensor& positions, at::Tensor& tokens_out, at::Tensor& positions_out,
+                             at::Tensor& perm, at::Tensor& inv_perm);
+
 // ---------------------------------------------------------------- CUDA
 #ifdef LEAPDEC_WITH_CUDA
 void append_paged_kv_cuda(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
@@ -51,6 +79,33 @@ void rope_append_paged_kv_cuda(at::Tensor& q, const at::Tensor& k, const at::Ten
                                const at::Tensor& positions, const at::Tensor& cos_sin_cache,
                                at::Tensor& k_cache, at::Tensor& v_cache,
                                const at::Tensor& slot_mapping, bool is_neox);
+void build_tree_cuda(at::Tensor& mask, at::Tensor& depth, const at::Tensor& parents);
+void verify_tree_greedy_cuda(at::Tensor& accept_len, at::Tensor& accept_index, at::Tensor& bonus,
+                             const at::Tensor& candidates, const at::Tensor& parents,
+                             const at::Tensor& target_tokens);
+void verify_tree_typical_cuda(at::Tensor& accept_len, at::Tensor& accept_index, at::Tensor& bonus,
+                              at::Tensor& node_logprob, const at::Tensor& candidates,
+                              const at::Tensor& parents, const at::Tensor& target_logits,
+                              double posterior_threshold, double posterior_alpha, double temperature);
+void verify_tree_sampling_cuda(at::Tensor& accept_len, at::Tensor& accept_index, at::Tensor& bonus,
+                               const at::Tensor& candidates, const at::Tensor& parents,
+                               const std::optional<at::Tensor>& draft_probs,
+                               const at::Tensor& target_probs, const at::Tensor& coins,
+                               const std::string& draft_rule,
+                               const std::optional<at::Tensor>& workspace);
+void unmask_and_filter_cuda(const at::Tensor& logits, at::Tensor& tokens, at::Tensor& masked,
+                            at::Tensor& committed, at::Tensor& confidence, at::Tensor& eot_pos,
+                            at::Tensor& predicted, at::Tensor& entropy, const at::Tensor& block_start,
+                            const at::Tensor& block_end, const std::optional<at::Tensor>& k,
+                            const std::optional<at::Tensor>& seeds, const std::optional<at::Tensor>& filter_w1,
+                            const std::optional<at::Tensor>& filter_b1, const std::optional<at::Tensor>& filter_w2,
+                            const std::optional<at::Tensor>& filter_b2, const std::optional<at::Tensor>& workspace,
+                            const std::string& policy, double threshold, double factor, double position_penalty,
+                            double temperature, int64_t eos_id, int64_t pad_id, bool eotp, double eot_threshold,
+                            bool revise, double revise_topk, double accept_threshold, int64_t num_splits);
+void topological_reorder_cuda(const at::Tensor& tokens, const at::Tensor& masked,
+                              const at::Tensor& positions, at::Tensor& tokens_out, at::Tensor& positions_out,
+                              at::Tensor& perm, at::Tensor& inv_perm);
 #endif
 
 }  // namespace leapdec

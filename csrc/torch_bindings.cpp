@@ -21,6 +21,35 @@ TORCH_LIBRARY(leapdec, m) {
   m.def(
       "rope_append_paged_kv(Tensor(a!) q, Tensor k, Tensor v, Tensor positions, Tensor cos_sin_cache, "
       "Tensor(b!) k_cache, Tensor(c!) v_cache, Tensor slot_mapping, bool is_neox) -> ()");
+  // Ancestor mask [B,T,T] (j is i or an ancestor of i) and depth [B,T] of trees parents[B,T] (-1 root, -2 absent).
+  m.def("build_tree(Tensor(a!) mask, Tensor(b!) depth, Tensor parents) -> ()");
+  // Greedy tree verification: from the root, accept child c of u while candidates[c] == target_tokens[u].
+  m.def(
+      "verify_tree_greedy(Tensor(a!) accept_len, Tensor(b!) accept_index, Tensor(c!) bonus, "
+      "Tensor candidates, Tensor parents, Tensor target_tokens) -> ()");
+  // Medusa typical acceptance over a tree: longest passing root path (ties: summed log-prob), greedy bonus.
+  m.def(
+      "verify_tree_typical(Tensor(a!) accept_len, Tensor(b!) accept_index, Tensor(c!) bonus, "
+      "Tensor(d!) node_logprob, Tensor candidates, Tensor parents, Tensor target_logits, "
+      "float posterior_threshold, float posterior_alpha, float temperature) -> ()");
+  // Lossless tree speculative sampling (recursive rejection, residual max(0, p-q)); randomness from coins[B,T].
+  m.def(
+      "verify_tree_sampling(Tensor(a!) accept_len, Tensor(b!) accept_index, Tensor(c!) bonus, "
+      "Tensor candidates, Tensor parents, Tensor? draft_probs, Tensor target_probs, Tensor coins, "
+      "str draft_rule, Tensor(d!)? workspace) -> ()");
+  // Diffusion-LM unmasking: per-position top-1/confidence/entropy of logits[B,L,V] in one pass, then commit masked positions by policy (topk|threshold|factor|learned|entropy), ReDiff revise, End-of-Text Prediction.
+  m.def(
+      "unmask_and_filter(Tensor logits, Tensor(a!) tokens, Tensor(b!) masked, Tensor(c!) committed, "
+      "Tensor(d!) confidence, Tensor(e!) eot_pos, Tensor(f!) predicted, Tensor(g!) entropy, "
+      "Tensor block_start, Tensor block_end, Tensor? k, Tensor? seeds, Tensor? filter_w1, "
+      "Tensor? filter_b1, Tensor? filter_w2, Tensor? filter_b2, Tensor(h!)? workspace, str policy, "
+      "float threshold, float factor, float position_penalty, float temperature, int eos_id, "
+      "int pad_id, bool eotp, float eot_threshold, bool revise, float revise_topk, "
+      "float accept_threshold, int num_splits) -> ()");
+  // WeDLM window reorder: per row observed tokens first, masked after (stable); perm[i] = logical index at slot i.
+  m.def(
+      "topological_reorder(Tensor tokens, Tensor masked, Tensor positions, Tensor(a!) tokens_out, "
+      "Tensor(b!) positions_out, Tensor(c!) perm, Tensor(d!) inv_perm) -> ()");
   // @@ more schemas (later issues) go above this line
 }
 
@@ -29,6 +58,12 @@ TORCH_LIBRARY_IMPL(leapdec, CPU, m) {
   m.impl("move_kv_slots", &leapdec::move_kv_slots_cpu);
   m.impl("paged_attention", &leapdec::paged_attention_cpu);
   m.impl("rope_append_paged_kv", &leapdec::rope_append_paged_kv_cpu);
+  m.impl("build_tree", &leapdec::build_tree_cpu);
+  m.impl("verify_tree_greedy", &leapdec::verify_tree_greedy_cpu);
+  m.impl("verify_tree_typical", &leapdec::verify_tree_typical_cpu);
+  m.impl("verify_tree_sampling", &leapdec::verify_tree_sampling_cpu);
+  m.impl("unmask_and_filter", &leapdec::unmask_and_filter_cpu);
+  m.impl("topological_reorder", &leapdec::topological_reorder_cpu);
   // @@ more CPU impls go above this line
 }
 
@@ -38,6 +73,12 @@ TORCH_LIBRARY_IMPL(leapdec, CUDA, m) {
   m.impl("move_kv_slots", &leapdec::move_kv_slots_cuda);
   m.impl("paged_attention", &leapdec::paged_attention_cuda);
   m.impl("rope_append_paged_kv", &leapdec::rope_append_paged_kv_cuda);
+  m.impl("build_tree", &leapdec::build_tree_cuda);
+  m.impl("verify_tree_greedy", &leapdec::verify_tree_greedy_cuda);
+  m.impl("verify_tree_typical", &leapdec::verify_tree_typical_cuda);
+  m.impl("verify_tree_sampling", &leapdec::verify_tree_sampling_cuda);
+  m.impl("unmask_and_filter", &leapdec::unmask_and_filter_cuda);
+  m.impl("topological_reorder", &leapdec::topological_reorder_cuda);
   // @@ more CUDA impls go above this line
 }
 #endif

@@ -168,3 +168,431 @@ def rope_append_paged_kv(q, k, v, positions, cos_sin_cache, k_cache, v_cache, sl
     q.copy_(apply_rope(q, positions, cos_sin_cache, is_neox))
     append_paged_kv(apply_rope(k, positions, cos_sin_cache, is_neox), v, k_cache, v_cache, slot_mapping)
     return q
+
+
+# =========================================================================== tree speculative decoding
+# build_tree, verify_tree_greedy, verify_tree_typical, verify_tree_sampling (leapdec/ops/tree.py).
+# A tree batch is parents [B, T] int32: parents[b, 0] = -1 (node 0, the root, is the last
+# accepted token), 0 <= parents[b, i] < i, or -2 for an absent (padding) node. The verify ops
+# return accept_len [B] int32 (accepted nodes including the root = tokens gained this step),
+# accept_index [B, T] int32 (accepted nodes from the root, -1 padded) and bonus [B] int64. These
+# references expect valid trees (leapdec.ops.tree.check_tree_parents) and compute in float32 in
+# the kernels' order, so they agree with the kernels up to float rounding.
+
+TREE_ROOT_PARENT = -1
+TREE_ABSENT_PARENT = -2
+TYPICAL_ENTROPY_EPS = 1e-5  # Medusa's entropy: -sum p log(p + eps)
+
+
+def tree_children(parents_row):
+    """Children of every node of one tree (a list of parent ids), in index order."""
+    children = [[] for _ in parents_row]
+    for i, p in enumerate(parents_row):
+        if i > 0 and p >= 0:
+            children[p].append(i)
+    return children
+
+
+def build_tree(parents):
+    """``mask [B, T, T]`` bool (``mask[b, i, j]``: j is i or an ancestor of i) and ``depth [B, T]``
+    int32 (root 0); absent nodes have all-false rows and columns and depth -1."""
+    batch, num_nodes = parents.shape
+    mask = torch.zeros(batch, num_nodes, num_nodes, dtype=torch.bool)
+    depth = torch.full((batch, num_nodes), -1, dtype=torch.int32)
+    for b in range(batch):
+        row = parents[b].tolist()
+        for i in range(num_nodes):
+            if i > 0 and row[i] == TREE_ABSENT_PARENT:
+                continue
+            node, d = i, 0
+            mask[b, i, i] = True
+            while node > 0:
+                node, d = row[node], d + 1
+                mask[b, i, node] = True
+            depth[b, i] = d
+    return mask.to(parents.device), depth.to(parents.device)
+
+
+def _verify_outputs(parents, paths, bonus):
+    batch, num_nodes = parents.shape
+    accept_len = torch.tensor([len(p) for p in paths], dtype=torch.int32)
+    accept_index = torch.full((batch, num_nodes), -1, dtype=torch.int32)
+    for b, path in enumerate(paths):
+        accept_index[b, : len(path)] = torch.tensor(path, dtype=torch.int32)
+    dev = parents.device
+    return accept_len.to(dev), accept_index.to(dev), torch.tensor(bonus, dtype=torch.int64).to(dev)
+
+
+def verify_tree_greedy(candidates, parents, target_tokens):
+    """From the root, move to the first child c (in index order) of the current node u with
+    ``candidates[b, c] == target_tokens[b, u]``; ``bonus = target_tokens[b, last node]``."""
+    paths, bonus = [], []
+    for b in range(parents.shape[0]):
+        children = tree_children(parents[b].tolist())
+        cand, target = candidates[b].tolist(), target_tokens[b].tolist()
+        path = [0]
+        while True:
+            u = path[-1]
+            nxt = next((c for c in children[u] if cand[c] == target[u]), None)
+            if nxt is None:
+                break
+            path.append(nxt)
+        paths.append(path)
+        bonus.append(target[path[-1]])
+    return _verify_outputs(parents, paths, bonus)
+
+
+def typical_node_logprob(candidates, parents, target_logits, posterior_threshold=0.09,
+                         posterior_alpha=0.3, temperature=1.0):
+    """``[B, T]`` float32: ``log p(candidates[b, c] | parent)`` under
+    ``p = softmax(target_logits[b, parent] / temperature)`` where node c passes Medusa's typical
+    test ``p(x) > min(posterior_threshold, posterior_alpha * exp(-H(p)))``, -inf where it fails
+    or is absent, 0 at the root."""
+    z = target_logits.float() / temperature                             # [B, T, V]
+    m = z.max(dim=-1, keepdim=True).values
+    e = torch.exp(z - m)
+    s = e.sum(dim=-1, keepdim=True)
+    p = e / s
+    entropy = -(p * torch.log(p + TYPICAL_ENTROPY_EPS)).sum(dim=-1)     # [B, T]
+    logp = (z - m) - torch.log(s)                                       # log_softmax
+    limit = torch.minimum(torch.full_like(entropy, posterior_threshold),
+                          posterior_alpha * torch.exp(-entropy))        # [B, T], at each parent
+    out = torch.full(parents.shape, -math.inf, dtype=torch.float32)
+    out[:, 0] = 0.0
+    for b in range(parents.shape[0]):
+        for c in range(1, parents.shape[1]):
+            u = int(parents[b, c])
+            if u < 0:
+                continue
+            lp = logp[b, u, int(candidates[b, c])]
+            if torch.exp(lp) > limit[b, u]:
+                out[b, c] = lp
+    return out.to(parents.device)
+
+
+def verify_tree_typical(candidates, parents, target_logits, posterior_threshold=0.09,
+                        posterior_alpha=0.3, temperature=1.0):
+    """Medusa typical acceptance: the accepted path ends at the deepest node whose whole root
+    path passes (``typical_node_logprob`` > -inf); ties go to the higher summed log-probability
+    (summed root-down in float32), then the lower node index. ``bonus`` = argmax of the raw
+    ``target_logits`` at the last accepted node."""
+    node_lp = typical_node_logprob(candidates, parents, target_logits, posterior_threshold,
+                                   posterior_alpha, temperature).cpu()
+    paths, bonus = [], []
+    for b in range(parents.shape[0]):
+        row = parents[b].tolist()
+        depth = [0] + [-1] * (len(row) - 1)
+        score = torch.zeros(len(row), dtype=torch.float32)
+        best = 0
+        for c in range(1, len(row)):
+            u = row[c]
+            if u >= 0 and depth[u] >= 0 and node_lp[b, c] > -math.inf:
+                depth[c] = depth[u] + 1
+                score[c] = score[u] + node_lp[b, c]
+                if depth[c] > depth[best] or (depth[c] == depth[best] and score[c] > score[best]):
+                    best = c
+        path = [best]
+        while path[-1] != 0:
+            path.append(row[path[-1]])
+        paths.append(path[::-1])
+        bonus.append(int(torch.argmax(target_logits[b, best].float())))
+    return _verify_outputs(parents, paths, bonus)
+
+
+def verify_tree_sampling(candidates, parents, draft_probs, target_probs, coins,
+                         draft_rule="without_replacement"):
+    """Lossless tree speculative sampling driven by ``coins [B, T]`` (uniform in [0, 1)).
+
+    At node u, p = ``target_probs[b, u]`` (mass P) and q = ``draft_probs[b, u]`` (mass Q). Each
+    child c (index order) with token x is accepted iff ``coins[b, c] * q(x) * P < p(x) * Q``
+    (probability ``min(1, (p(x)/P) / (q(x)/Q))``); an accepted child becomes u. On rejection
+    ``p <- max(0, p/P - q/Q)`` and by ``draft_rule``: ``iid`` keeps q; ``without_replacement``
+    sets ``q(x) = 0`` (Q recomputed); ``deterministic`` uses q = one-hot(x), i.e. accepts with
+    probability p(x)/P and sets ``p(x) = 0`` on rejection. If the residual has no mass left it
+    falls back to the target row. When u has no more children, the bonus is the first token y
+    with ``cumsum(p)[y] > coins[b, 0] * sum(p)`` (if rounding leaves none, the last y with
+    p(y) > 0; token 0 if p has no mass).
+    """
+    deterministic = draft_rule == "deterministic"
+    paths, bonus = [], []
+    for b in range(parents.shape[0]):
+        children = tree_children(parents[b].tolist())
+        cand = candidates[b].tolist()
+        coin = coins[b].float().cpu()
+        path = [0]
+        while True:
+            u = path[-1]
+            p = target_probs[b, u].float().cpu().clone()
+            p_total = p.sum()
+            if not deterministic:
+                q = draft_probs[b, u].float().cpu().clone()
+                q_total = q.sum()
+            nxt = None
+            for c in children[u]:
+                x = cand[c]
+                qx, qt = (1.0, 1.0) if deterministic else (q[x], q_total)
+                if coin[c] * qx * p_total < p[x] * qt:
+                    nxt = c
+                    break
+                if deterministic:
+                    p[x] = 0.0
+                else:
+                    q_norm = q / q_total if q_total > 0 else torch.zeros_like(q)
+                    p = torch.clamp(p / p_total - q_norm, min=0.0)
+                    if draft_rule == "without_replacement":
+                        q[x] = 0.0
+                        q_total = q.sum()
+                p_total = p.sum()
+                if not p_total > 0:
+                    p = target_probs[b, u].float().cpu().clone()
+                    p_total = p.sum()
+            if nxt is None:
+                break
+            path.append(nxt)
+        paths.append(path)
+        cdf = torch.cumsum(p, dim=0)
+        hits = (cdf > coin[0] * p.sum()).nonzero()
+        positive = (p > 0).nonzero()
+        if hits.numel():
+            bonus.append(int(hits[0, 0]))
+        else:
+            bonus.append(int(positive[-1, 0]) if positive.numel() else 0)
+    return _verify_outputs(parents, paths, bonus)
+
+
+# =========================================================================== diffusion decoding
+# unmask_and_filter (LLaDA, Fast-dLLM, Learn2PD, ReDiff, WeDLM) and topological_reorder (WeDLM).
+# Section owned by the diffusion ops (csrc/cpu/diffusion.cpp, csrc/cuda/diffusion.cu).
+
+UNMASK_POLICIES = ("topk", "threshold", "factor", "learned", "entropy")
+_U32 = 0xFFFFFFFF
+
+
+def _mul32(x, c):
+    """``(x * c) mod 2^32`` for int64 tensors x in [0, 2^32) and a 32-bit constant c (no overflow)."""
+    lo = x * (c & 0xFFFF)
+    hi = ((x * (c >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & _U32
+
+
+def _mix32(x):
+    """Wellons' lowbias32 integer hash on int64 tensors holding uint32 values."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(seeds, seq_len, vocab):
+    """The counter-based Gumbel noise ``g[b, l, v]`` (float32) of unmask_and_filter's sampling.
+
+    A pure function of ``(seeds[b], l, v)`` (not of b), identical in the CPU and CUDA kernels:
+    ``key = mix(mix(lo32(seed) ^ 0x9e3779b9) ^ hi32(seed))``, ``key_l = mix(key ^ (l * 0x85ebca6b))``,
+    ``h = mix(key_l ^ (v * 0x9e3779b9))``, ``u = (2 * (h >> 9) + 1) * 2^-24``, ``g = -log(-log(u))``,
+    with every product taken mod 2^32 and mix = lowbias32.
+    """
+    s = seeds.to(torch.int64).cpu()
+    key = _mix32((s & _U32) ^ 0x9E3779B9)
+    key = _mix32(key ^ ((s >> 32) & _U32))                                  # [B]
+    pos = _mul32(torch.arange(seq_len, dtype=torch.int64), 0x85EBCA6B)
+    key = _mix32(key[:, None] ^ pos[None, :])                               # [B, L]
+    tok = _mul32(torch.arange(vocab, dtype=torch.int64), 0x9E3779B9)
+    h = _mix32(key[:, :, None] ^ tok[None, None, :])                        # [B, L, V]
+    u = ((h >> 9) * 2 + 1).to(torch.float32) * 5.9604644775390625e-08
+    return -torch.log(-torch.log(u))
+
+
+def _row_values(x, batch, fill, name):
+    """An int, None or a [B] tensor as a list of B ints."""
+    if x is None:
+        return [fill] * batch
+    if isinstance(x, int):
+        return [x] * batch
+    values = [int(v) for v in x.reshape(-1).tolist()]
+    if len(values) != batch:
+        raise ValueError(f"{name} must have one value per row ({batch}), got {len(values)}")
+    return values
+
+
+def revise_count(fraction, eligible):
+    """ReDiff: how many of the eligible revisions apply: ceil(fraction * eligible) (1e-6 slack)."""
+    if fraction >= 1.0:
+        return eligible
+    if not fraction > 0.0:
+        return 0
+    return max(0, min(eligible, math.ceil(fraction * eligible - 1e-6)))
+
+
+def unmask_and_filter(logits, tokens, masked, policy="topk", k=None, block_start=None, block_end=None,
+                      threshold=0.9, factor=1.0, position_penalty=0.02, filter_weights=None,
+                      accept_threshold=0.96, temperature=0.0, seeds=None, eos_id=-1, pad_id=None,
+                      eotp=False, eot_threshold=0.0, revise=False, revise_topk=1.0):
+    """One diffusion-LM decoding step on ``logits [B, L, V]``; updates ``tokens [B, L]`` and
+    ``masked [B, L]`` (bool) in place. Returns ``committed [B]`` (int32), ``confidence [B, L]``
+    (float32), ``eot_pos [B]`` (int32), ``predicted [B, L]`` (int32), ``entropy [B, L]`` (float32).
+
+    Per row b, window ``[block_start[b], block_end[b])`` (default the whole row):
+
+    1. Processed positions: every window position, and with ``eotp`` every masked position after
+       the window. For each: ``predicted`` = argmax of the logits, or with ``temperature > 0``
+       argmax of ``logits + temperature * gumbel_noise(seeds)`` (float32; first index on ties);
+       ``confidence`` = softmax(logits)[predicted] (no temperature); ``entropy`` = -sum p log p
+       (nats). Other positions: predicted -1, confidence -inf, entropy +inf. Logits with NaN or
+       +inf, or with no finite value, at a processed position are an error (-inf is fine).
+    2. Candidates: masked window positions, ranked by priority (confidence; for ``entropy``:
+       -(entropy + position_penalty * (l - first masked index of the window)), in float32),
+       best first, ties to the lower index. The policy commits the first n ranks:
+         ``topk``: n = k[b] (LLaDA; the caller computes the per-step transfer counts);
+         ``threshold``: every candidate with confidence >= threshold (Fast-dLLM, tau);
+         ``factor``: the largest n with conf_(n) >= 1 - factor / (n + 1) (Fast-dLLM);
+         ``entropy``: every candidate with score < threshold (WeDLM);
+         ``learned``: n = k[b] (default 1) UNION the masked window positions the filter accepts
+         (Learn2PD): x [F] = the window's confidences (masked or not; 1.0 past the window's
+         end; the window must fit in F), h = relu(w1 x + b1), accept where
+         sigmoid(w2 h + b2) > accept_threshold (tested as logit > log(t / (1 - t))).
+       n is clamped to [1, #candidates]: one token commits while any candidate remains.
+       A commit writes ``tokens = predicted`` and ``masked = False``.
+    3. ``revise`` (ReDiff): a window position already unmasked at entry, not holding pad_id,
+       whose prediction differs from its token and is more probable than it
+       (logit[predicted] > logit[token]; a token outside the vocabulary always qualifies) is
+       eligible; the ``revise_count(revise_topk, #eligible)`` most confident are rewritten.
+    4. ``eotp`` (End-of-Text Prediction, needs eos_id >= 0): if a committed token is EOS, e =
+       the first such position; else e = the most confident (then lowest) position l >=
+       block_start that is still masked, predicts EOS and has confidence >= eot_threshold.
+       Every position after e becomes ``pad_id`` (default eos_id) and unmasked; eot_pos = e
+       (-1 when none). Positions <= e are never changed by this step.
+    ``committed[b]`` counts the positions the policy committed (before any truncation).
+    """
+    if policy not in UNMASK_POLICIES:
+        raise ValueError(f"policy must be one of {UNMASK_POLICIES}, got {policy!r}")
+    B, L, V = logits.shape
+    pad = eos_id if pad_id is None else pad_id
+    x = logits.detach().float().cpu()
+    starts = _row_values(block_start, B, 0, "block_start")
+    ends = _row_values(block_end, B, L, "block_end")
+    ks = _row_values(k, B, 1, "k")
+    m_entry = masked.detach().cpu().clone()
+    tok_cpu = tokens.detach().cpu().clone()
+
+    noise = None
+    if temperature > 0:
+        if seeds is None:
+            raise ValueError("temperature > 0 needs seeds")
+        seeds_t = torch.as_tensor(seeds, dtype=torch.int64).reshape(-1).expand(B)
+        noise = gumbel_noise(seeds_t, L, V)
+
+    predicted = torch.full((B, L), -1, dtype=torch.int32)
+    confidence = torch.full((B, L), -math.inf, dtype=torch.float32)
+    entropy = torch.full((B, L), math.inf, dtype=torch.float32)
+    for b in range(B):
+        s, e = starts[b], ends[b]
+        if not 0 <= s <= e <= L:
+            raise ValueError(f"row {b}: the window must satisfy 0 <= start <= end <= L, got [{s}, {e})")
+        for l in range(L):
+            if not (s <= l < e or (eotp and l >= e and bool(m_entry[b, l]))):
+                continue
+            row = x[b, l]
+            if bool(torch.isnan(row).any()) or bool((row == math.inf).any()):
+                raise ValueError(f"logits[{b}, {l}] contains NaN or +inf")
+            if not bool((row > -math.inf).any()):
+                raise ValueError(f"logits[{b}, {l}] has no finite value")
+            score = row if noise is None else row + temperature * noise[b, l]
+            pred = int(torch.argmax(score))
+            p = torch.softmax(row, dim=-1)
+            predicted[b, l] = pred
+            confidence[b, l] = p[pred]
+            entropy[b, l] = -torch.special.xlogy(p, p).sum()
+
+    committed = torch.zeros(B, dtype=torch.int32)
+    eot_pos = torch.full((B,), -1, dtype=torch.int32)
+    for b in range(B):
+        s, e = starts[b], ends[b]
+        window = range(s, e)
+        masked_entry = [bool(m_entry[b, l]) for l in range(L)]
+        first = next((l for l in window if masked_entry[l]), L)
+        conf = [float(c) for c in confidence[b].tolist()]
+
+        def priority(l):
+            if policy == "entropy":
+                score = entropy[b, l] + position_penalty * torch.tensor(float(l - first))
+                return -float(score) + 0.0
+            return conf[l] + 0.0
+
+        cands = sorted((l for l in window if masked_entry[l]), key=lambda l: (-priority(l), l))
+        nc = len(cands)
+        if policy in ("topk", "learned"):
+            n = ks[b]
+        elif policy == "threshold":
+            n = sum(conf[l] >= threshold for l in cands)
+        elif policy == "factor":
+            n = sum(conf[l] >= 1.0 - factor / (r + 2) for r, l in enumerate(cands))
+        else:
+            n = sum(-priority(l) < threshold for l in cands)
+        n = 0 if nc == 0 else min(max(n, 1), nc)
+        take = set(cands[:n])
+        if policy == "learned":
+            w1, b1, w2, b2 = (t.detach().float().cpu() for t in filter_weights)
+            F = w1.shape[1]
+            if e - s > F:
+                raise ValueError(f"row {b}: window of {e - s} positions exceeds the filter input F = {F}")
+            xin = torch.ones(F, dtype=torch.float32)
+            xin[: e - s] = confidence[b, s:e]
+            out = w2 @ torch.relu(w1 @ xin + b1) + b2
+            if accept_threshold >= 1.0:
+                cut = math.inf
+            elif accept_threshold <= 0.0:
+                cut = -math.inf
+            else:
+                cut = math.log(accept_threshold / (1.0 - accept_threshold))
+            take |= {s + j for j in range(e - s) if masked_entry[s + j] and float(out[j]) > cut}
+        for l in take:
+            tokens[b, l] = int(predicted[b, l])
+            masked[b, l] = False
+        committed[b] = len(take)
+
+        if revise:
+            eligible = []
+            for l in window:
+                tok, pred = int(tok_cpu[b, l]), int(predicted[b, l])
+                if masked_entry[l] or tok == pad or tok == pred:
+                    continue
+                if 0 <= tok < V and not float(x[b, l, pred]) > float(x[b, l, tok]):
+                    continue
+                eligible.append(l)
+            eligible.sort(key=lambda l: (-(conf[l] + 0.0), l))
+            for l in eligible[: revise_count(revise_topk, len(eligible))]:
+                tokens[b, l] = int(predicted[b, l])
+
+        if eotp and eos_id >= 0:
+            eos_commits = [l for l in take if int(predicted[b, l]) == eos_id]
+            cut_at = min(eos_commits) if eos_commits else -1
+            if cut_at < 0:
+                late = [l for l in range(s, L) if masked_entry[l] and l not in take
+                        and int(predicted[b, l]) == eos_id and conf[l] >= eot_threshold]
+                if late:
+                    cut_at = min(late, key=lambda l: (-conf[l], l))
+            if cut_at >= 0:
+                tokens[b, cut_at + 1:] = pad
+                masked[b, cut_at + 1:] = False
+            eot_pos[b] = cut_at
+    dev = logits.device
+    return (committed.to(dev), confidence.to(dev), eot_pos.to(dev), predicted.to(dev), entropy.to(dev))
+
+
+def topological_reorder(tokens, masked, positions):
+    """WeDLM window reorder of ``tokens, masked, positions [B, W]``: per row a stable partition,
+    observed (unmasked) tokens first, masked after, each group in logical order. Returns
+    ``tokens_out, positions_out`` (gathered; positions stay logical), ``perm [B, W]`` int32
+    (perm[b][i] = logical index of the token at physical slot i) and its inverse ``inv_perm``."""
+    B, W = tokens.shape
+    perm = torch.empty(B, W, dtype=torch.int64)
+    for b in range(B):
+        m = masked[b].cpu().tolist()
+        perm[b] = torch.tensor([i for i in range(W) if not m[i]] + [i for i in range(W) if m[i]],
+                               dtype=torch.int64)
+    inv_perm = torch.argsort(perm, dim=1)
+    dev = tokens.device
+    perm_d = perm.to(dev)
+    return (torch.gather(tokens, 1, perm_d), torch.gather(positions, 1, perm_d),
+            perm.to(torch.int32).to(dev), inv_perm.to(torch.int32).to(dev))

@@ -1,30 +1,10 @@
 import pytest
 import torch
 
-HAS_CUDA = torch.cuda.is_available()
-
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=[pytest.mark.cuda,
-                                pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")]),
-]
+from devices import DEVICES, HAS_CUDA, TOLERANCES, dtypes_for  # noqa: F401  (re-exported)
 
 
 @pytest.fixture(params=DEVICES)
 def device(request):
     """Every device-parametrized test runs on CPU, and on CUDA where a GPU is present."""
     return torch.device(request.param)
-
-
-def dtypes_for(device):
-    """The float dtypes an op must support on this device (DESIGN.md)."""
-    if device.type == "cuda":
-        return [torch.float16, torch.bfloat16, torch.float32]
-    return [torch.float32, torch.bfloat16]
-
-
-TOLERANCES = {
-    torch.float32: dict(atol=2e-5, rtol=2e-5),
-    torch.float16: dict(atol=2e-3, rtol=2e-3),
-    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-}

@@ -9,7 +9,7 @@ from leapdec import reference as ref
 from leapdec.ops import append_paged_kv, move_kv_slots
 from leapdec.ops._lib import OPS
 
-from conftest import dtypes_for
+from devices import dtypes_for
 
 
 def dtypes(device):

@@ -16,7 +16,7 @@ from leapdec import reference as ref
 from leapdec.ops import append_paged_kv, move_kv_slots, paged_attention, rope_append_paged_kv
 from leapdec.ops import set_index_checks
 
-from conftest import TOLERANCES, dtypes_for
+from devices import TOLERANCES, dtypes_for
 
 LSE_TOL = dict(atol=2e-3, rtol=2e-3)
 

@@ -17,7 +17,7 @@ from leapdec import reference as ref
 from leapdec.ops import paged_attention
 from leapdec.ops._lib import OPS
 
-from conftest import TOLERANCES, dtypes_for
+from devices import TOLERANCES, dtypes_for
 
 LSE_TOL = dict(atol=1e-4, rtol=1e-4)
 

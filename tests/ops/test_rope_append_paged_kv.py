@@ -9,7 +9,7 @@ from leapdec import reference as ref
 from leapdec.ops import rope_append_paged_kv
 from leapdec.ops._lib import OPS
 
-from conftest import TOLERANCES, dtypes_for
+from devices import TOLERANCES, dtypes_for
 
 
 def dtypes(device):

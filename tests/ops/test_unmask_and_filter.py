@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import dtypes_for
+from devices import dtypes_for
 from leapdec import reference as ref
 from leapdec.ops import unmask_and_filter
 from leapdec.ops.diffusion import POLICIES, filter_weights_of

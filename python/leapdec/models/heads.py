@@ -1,0 +1,152 @@
+"""Medusa heads: K extra LM heads that read the base model's last hidden state and propose the
+tokens after the next one (FasterDecoding/Medusa, ``medusa/model/medusa_model.py``).
+
+Head i is ``ResBlock x num_layers`` then ``Linear(hidden, vocab)``; ``ResBlock(x) = x +
+SiLU(Linear(h, h)(x))`` with the weight zero-initialised, so a fresh head starts as the base LM
+head (``from_base`` copies its weights) applied to a slightly shifted hidden state. Given the
+final-norm hidden state at position t, head i predicts the token at position ``t + i + 2`` (the
+base LM head predicts ``t + 1``).
+
+A trained set of heads is a folder: ``medusa_heads.safetensors`` plus a ``config.json`` holding
+the shape and, optionally, measured head accuracies and a default draft tree.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+WEIGHTS_FILE = "medusa_heads.safetensors"
+CONFIG_FILE = "config.json"
+_SHAPE_KEYS = ("num_heads", "num_layers", "hidden_size", "vocab_size")
+
+
+class ResBlock(nn.Module):
+    """``x + SiLU(Linear(h, h)(x))``, the weight zero-initialised (Medusa's ResBlock)."""
+
+    def __init__(self, hidden_size: int, device=None, dtype=None):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, hidden_size, device=device, dtype=dtype)
+        nn.init.zeros_(self.linear.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.silu(self.linear(x))
+
+
+class MedusaHeads(nn.Module):
+    """``num_heads`` Medusa heads over hidden states of size ``hidden_size``.
+
+    ``forward(hidden [..., h]) -> logits [..., num_heads, vocab]``. ``meta`` carries what the
+    companion config records besides the shape (head accuracies, the default tree, provenance).
+    """
+
+    def __init__(self, num_heads: int, hidden_size: int, vocab_size: int, num_layers: int = 1,
+                 device=None, dtype=None, meta: dict | None = None):
+        super().__init__()
+        for name, value in (("num_heads", num_heads), ("hidden_size", hidden_size),
+                            ("vocab_size", vocab_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 0:
+            raise ValueError(f"num_layers must be an int >= 0, got {num_layers!r}")
+        self.num_heads, self.hidden_size, self.vocab_size, self.num_layers = (
+            num_heads, hidden_size, vocab_size, num_layers)
+        self.heads = nn.ModuleList(
+            nn.Sequential(*[ResBlock(hidden_size, device, dtype) for _ in range(num_layers)],
+                          nn.Linear(hidden_size, vocab_size, bias=False, device=device, dtype=dtype))
+            for _ in range(num_heads))
+        self.meta = dict(meta or {})
+        self._stacked, self._stacked_key = None, None
+
+    @classmethod
+    def from_base(cls, model, num_heads: int = 4, num_layers: int = 1) -> "MedusaHeads":
+        """Fresh heads for ``model`` (a ``Transformer``), each output layer a copy of its LM head."""
+        cfg = model.config
+        heads = cls(num_heads, cfg.hidden_size, cfg.vocab_size, num_layers,
+                    device=model.device, dtype=model.dtype)
+        with torch.no_grad():
+            for head in heads.heads:
+                head[-1].weight.copy_(model.lm_head.weight)
+        return heads
+
+    @property
+    def config(self) -> dict:
+        return {"num_heads": self.num_heads, "num_layers": self.num_layers,
+                "hidden_size": self.hidden_size, "vocab_size": self.vocab_size, **self.meta}
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden [..., h]`` -> logits ``[..., num_heads, vocab]``."""
+        if hidden.shape[-1] != self.hidden_size:
+            raise ValueError(f"hidden must end in hidden_size={self.hidden_size}, got shape "
+                             f"{tuple(hidden.shape)}")
+        return torch.stack([head(hidden) for head in self.heads], dim=-2)
+
+    def _stacked_output(self) -> torch.Tensor:
+        """The output layers as one ``[H, h, V]`` tensor for a batched matmul (rebuilt when a
+        weight changes): on a CPU one bmm reads the K weight matrices far faster than K linears."""
+        weights = [head[-1].weight for head in self.heads]
+        key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
+        if key != self._stacked_key:
+            self._stacked = torch.stack([w.detach() for w in weights]).transpose(1, 2).contiguous()
+            self._stacked_key = key
+        return self._stacked
+
+    @torch.no_grad()
+    def topk(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
+        """Token ids ``[N, num_heads, k]`` (best first) of each head at ``hidden [N, h]``."""
+        if not 1 <= k <= self.vocab_size:
+            raise ValueError(f"k must be in [1, {self.vocab_size}], got {k}")
+        if hidden.dim() != 2 or hidden.shape[-1] != self.hidden_size:
+            raise ValueError(f"hidden must be [N, {self.hidden_size}], got shape {tuple(hidden.shape)}")
+        x = torch.stack([head[:-1](hidden) for head in self.heads])             # [H, N, h]
+        logits = torch.bmm(x, self._stacked_output())                            # [H, N, V]
+        return logits.topk(k, dim=-1).indices.transpose(0, 1)
+
+    def check_base(self, model) -> None:
+        """Raise if these heads do not fit ``model`` (hidden size, vocabulary, device, dtype)."""
+        cfg = model.config
+        if (cfg.hidden_size, cfg.vocab_size) != (self.hidden_size, self.vocab_size):
+            raise ValueError(f"heads: Medusa heads for hidden {self.hidden_size} / vocab {self.vocab_size} "
+                             f"do not fit a model with hidden {cfg.hidden_size} / vocab {cfg.vocab_size}")
+        weight = self.heads[0][-1].weight
+        if weight.device != model.device or weight.dtype != model.dtype:
+            raise ValueError(f"heads: Medusa heads on {weight.device} / {weight.dtype}, the model on "
+                             f"{model.device} / {model.dtype}: move them with heads.to(device, dtype)")
+
+    # ------------------------------------------------------------------ files
+    def save(self, directory) -> Path:
+        """Write ``medusa_heads.safetensors`` and ``config.json`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory, device="cpu", dtype=None) -> "MedusaHeads":
+        """Heads saved by :meth:`save` (``dtype`` None keeps the stored one)."""
+        directory = Path(directory)
+        cfg_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if not cfg_path.is_file() or not weights.is_file():
+            raise FileNotFoundError(f"heads: {directory} must hold {CONFIG_FILE} and {WEIGHTS_FILE}")
+        cfg = json.loads(cfg_path.read_text())
+        missing = [k for k in _SHAPE_KEYS if k not in cfg]
+        if missing:
+            raise ValueError(f"heads: {cfg_path} lacks {missing}")
+        state = load_file(str(weights), device=str(device))
+        if dtype is None:
+            dtype = next(iter(state.values())).dtype
+        meta = {k: v for k, v in cfg.items() if k not in _SHAPE_KEYS}
+        heads = cls(cfg["num_heads"], cfg["hidden_size"], cfg["vocab_size"], cfg["num_layers"],
+                    device="meta", meta=meta)
+        try:
+            heads.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as e:
+            raise ValueError(f"heads: {weights} does not match {cfg_path}: {e}") from None
+        return heads.to(device=device, dtype=dtype).eval()

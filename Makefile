@@ -32,10 +32,10 @@ bench: install
 cuda-check:
 	$(PYTHON) -m venv .venv-cuda
 	.venv-cuda/bin/pip install -q --upgrade pip setuptools wheel
-	.venv-cuda/bin/pip install -q "$(CUDA_TORCH_SPEC)" cmake ninja pybind11 numpy
+	.venv-cuda/bin/pip install -q "$(CUDA_TORCH_SPEC)" cmake ninja pybind11 numpy safetensors tokenizers tqdm matplotlib
 	LEAPDEC_CUDA=1 TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-8.0;9.0a}" \
 		.venv-cuda/bin/pip install -q --no-build-isolation --no-deps .
-	cd /tmp && $(CURDIR)/.venv-cuda/bin/python -c "import leapdec, torch; i = leapdec.build_info(); print(i); assert i['cuda']; print(sorted(n for n in dir(torch.ops.leapdec) if not n.startswith('_')))"
+	cd /tmp && $(CURDIR)/.venv-cuda/bin/python $(CURDIR)/benchmarks/check_cuda_build.py
 
 clean:
 	rm -rf build $(VENV) .venv-cuda python/leapdec/*.so

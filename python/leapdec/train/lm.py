@@ -374,8 +374,10 @@ def train_lm(objective: str = "ar", preset: str = "default", out_dir="stdlib-ar"
         raise ValueError("preset: the corpus slice holds no functions with docstrings for SFT rows")
 
     # --- model
+    init_sha256 = None
     if init_from is not None:
         source = load_checkpoint(init_from, dtype=torch.float32)
+        init_sha256 = cards.file_sha256(Path(init_from) / "model.safetensors")
         config = dataclasses.replace(source.config, causal=objective == "ar",
                                      mask_token_id=ids["mask"] if objective == "mdm" else None,
                                      extra=dict(source.config.extra))
@@ -503,6 +505,7 @@ def train_lm(objective: str = "ar", preset: str = "default", out_dir="stdlib-ar"
                    "preset": name, "objective": objective, "seed": seed,
                    "steps_budget": steps, "seconds_budget": seconds,
                    "init_from": str(init_from) if init_from is not None else None,
+                   "init_from_sha256": init_sha256,
                    "tokenizer": tok_source, "optimizer": "AdamW(betas=(0.9, 0.95))",
                    "schedule": "linear warmup, cosine to min_lr_ratio over the step/time budget",
                    "autocast": "bfloat16" if device.type == "cuda" else None},

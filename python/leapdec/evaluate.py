@@ -35,7 +35,7 @@ class MethodResult:
     rows: int
     new_tokens: int
     model_calls: int
-    tokens_per_call: float
+    tokens_per_call: float   # new tokens per model call per sequence (the method's own stat)
     wall_s: float
     tokens_per_s: float
     speedup_vs_ar: float
@@ -108,7 +108,8 @@ def compare_methods(prompts, methods, max_new_tokens=64, device="cpu", dtype=Non
             ar_out, ar_tps = out.tokens, tps
         results.append(MethodResult(
             method=method, model=name, rows=len(prompts), new_tokens=new, model_calls=calls,
-            tokens_per_call=new / calls if calls else 0.0, wall_s=wall, tokens_per_s=tps,
+            tokens_per_call=float(out.stats.get("tokens_per_call", new / calls if calls else 0.0)),
+            wall_s=wall, tokens_per_s=tps,
             speedup_vs_ar=tps / ar_tps if ar_tps else 1.0,
             match_ar=token_agreement(out.tokens, ar_out),
             identical_to_ar=out.tokens == ar_out))

@@ -1,0 +1,402 @@
+"""Method "falcon": a semi-autoregressive drafter grows a custom decoding tree of k-token blocks,
+one base forward verifies it (Bestpay-inc/Falcon), for ragged batches.
+
+Per row the base's cache holds tokens ``t_0 .. t_{n-1}``; the root ``t_n`` (the last emitted
+token) is not yet in it. The drafter (``leapdec.models.drafter``) reads ``(f_j, t_{j+1})``,
+the base's final-norm hidden state at j and the next token, and its output at j predicts
+``f_{j+k}``. One step:
+
+1. **Context call.** The drafter's cache gets the positions it has not seen yet, and the last
+   block of k positions is always recomputed together (the cache is rolled back to
+   ``min(committed, n - k)``), with a block-causal mask whose blocks end at ``n - 1``
+   (``mask_mode="custom"``). Its last k outputs give the first block: the distributions of
+   ``t_{n+1} .. t_{n+k}``. The K/V of drafted blocks are never kept: each step recomputes the
+   drafter's K/V of the accepted tokens from the base's real features.
+2. **Tree.** Under each frontier node the block's first token branches into its top-k
+   (``root_top_k`` under the root, ``branch_top_k`` below) and the other k - 1 tokens of the
+   block follow as the drafter's top-1 (a block is one drafter forward, so its tail does not
+   depend on the branch). The best ``frontier`` block ends by cumulative draft log-probability
+   form the next frontier; a **tree call** runs the drafter on their blocks (inputs: the parent
+   block's predicted features and the block's tokens) to get the next block. A tree call
+   recomputes the blocks of the earlier levels too, with a block-tree mask (a block sees
+   itself and its ancestor blocks, never a sibling), since the paged cache's prefix is visible
+   to every query. After ``depth`` levels the best ``num_draft`` nodes are kept
+   (``leapdec.trees.DynamicTree.select``).
+3. **Verify.** One base forward over every row's tree (``build_tree`` ancestor mask, positions
+   ``n + depth``), then ``verify_tree_greedy`` (temperature 0: output identical to greedy AR)
+   or ``verify_tree_sampling`` with deterministic drafts (lossless, seeded). The accepted path
+   is moved into place with ``PagedKVCache.compact``; its hidden states are the features the
+   next context call reads, and the bonus token is the new root.
+
+Rows whose context is shorter than k, or with one token of room left, take the step with an
+empty tree (plain decoding), so every row ends exactly at ``max_new_tokens`` or its stop token.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from leapdec import zoo
+from leapdec.decoding.base import (GenerationOutput, Stats, check_sampling, make_generator,
+                                   register_method, sample_next, stop_token_set, warp_logits)
+from leapdec.models.drafter import WEIGHTS_FILE, FalconDrafter, block_causal_mask
+from leapdec.models.transformer import StepInput
+from leapdec.ops import build_tree, verify_tree_greedy, verify_tree_sampling
+from leapdec.trees import ABSENT_PARENT, DynamicTree
+
+# Tree defaults sized for the small zoo models (Falcon's released 7B setting: k = 2, root top-20,
+# a deeper tree): two blocks (two drafter calls per step), 4 first tokens under the root.
+DEFAULT_TREE = dict(root_top_k=4, branch_top_k=2, frontier=2, depth=2, num_draft=10)
+_HINT = (": pass drafter= (a FalconDrafter or a folder saved by it), or train one with "
+         "`python -m leapdec.train falcon --base MODEL`")
+
+_DRAFTER_CACHE: dict = {}
+_DRAFTER_LOCK = threading.Lock()
+
+
+def load_drafter(model, drafter=None) -> FalconDrafter:
+    """The Falcon drafter for ``model``: ``drafter`` itself when it is a ``FalconDrafter``, else
+    the folder ``drafter`` or the model's ``falcon/`` companion, on the model's device and dtype."""
+    if isinstance(drafter, FalconDrafter):
+        drafter.check_base(model)
+        return drafter
+    if drafter is not None and not isinstance(drafter, (str, Path)):
+        raise TypeError(f"drafter must be a FalconDrafter, a folder path or None, got {type(drafter).__name__}")
+    folder = zoo.companion_dir(model, "falcon", drafter, _HINT)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"drafter: no {WEIGHTS_FILE} in {folder}{_HINT}")
+    key = (str(weights.resolve()), weights.stat().st_mtime_ns, str(model.device), model.dtype)
+    with _DRAFTER_LOCK:
+        loaded = _DRAFTER_CACHE.get(key)
+        if loaded is None:
+            loaded = FalconDrafter.load(folder, device=model.device, dtype=model.dtype)
+            if len(_DRAFTER_CACHE) >= 8:
+                _DRAFTER_CACHE.pop(next(iter(_DRAFTER_CACHE)))
+            _DRAFTER_CACHE[key] = loaded
+    loaded.check_base(model)
+    return loaded
+
+
+class BlockTree(DynamicTree):
+    """A ``DynamicTree`` grown one k-token block per drafter call (Falcon's decoding tree).
+
+    ``frontier_width`` block ends are kept per level; nodes are created level by level, so node
+    ids (and :meth:`select`'s output) are ordered by depth."""
+
+    def __init__(self, root_tokens: torch.Tensor, frontier_width: int):
+        super().__init__(root_tokens, top_k=frontier_width)
+
+    def expand_block(self, logprobs: torch.Tensor, branch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hang a block under every frontier node from ``logprobs [B, F, k, V]`` (the drafter's
+        log-softmax for the block's k tokens at each frontier node): the first token's top
+        ``branch`` children, each followed by the top-1 chain of the other k - 1 tokens. The best
+        ``frontier_width`` block ends become the frontier. Returns ``source [B, F']`` (the
+        frontier slot each new block hangs under) and ``block_tokens [B, F', k]``."""
+        batch, width = self.frontier.shape
+        if logprobs.dim() != 4 or logprobs.shape[:2] != (batch, width):
+            raise ValueError(f"logprobs must be [B={batch}, F={width}, k, V], got {tuple(logprobs.shape)}")
+        k, vocab = logprobs.shape[2], logprobs.shape[3]
+        if not isinstance(branch, int) or branch < 1:
+            raise ValueError(f"branch must be a positive int, got {branch!r}")
+        branch = min(branch, vocab)
+        device = self.tokens.device
+        lp0, tok0 = logprobs[:, :, 0].float().topk(branch, dim=-1)                # [B, F, K]
+        tail_lp, tail_tok = logprobs[:, :, 1:].float().max(dim=-1)                  # [B, F, k-1]
+        if bool((lp0[..., 0] > 1e-4).any() or (tail_lp > 1e-4).any()):
+            raise ValueError("logprobs must be log-probabilities (<= 0), e.g. the drafter's log_softmax")
+        lp0, tail_lp = lp0.clamp(max=0.0), tail_lp.clamp(max=0.0)
+        level = width * branch
+        first = self.num_nodes
+
+        def per_branch(x):                                                          # [B, F] -> [B, F*K]
+            return x[..., None].expand(-1, -1, branch).flatten(1)
+
+        scores = self.scores.gather(1, self.frontier)[..., None] + lp0               # [B, F, K]
+        depth = self.depth.gather(1, self.frontier)
+        tokens, parents = [tok0.flatten(1)], [per_branch(self.frontier)]
+        all_scores, depths = [scores.flatten(1)], [per_branch(depth + 1)]
+        for j in range(1, k):
+            prev = first + (j - 1) * level + torch.arange(level, device=device)
+            tokens.append(per_branch(tail_tok[:, :, j - 1]))
+            parents.append(prev.expand(batch, -1))
+            scores = scores + tail_lp[:, :, j - 1, None]
+            all_scores.append(scores.flatten(1))
+            depths.append(per_branch(depth + 1 + j))
+        self.tokens = torch.cat([self.tokens] + tokens, 1)
+        self.parents = torch.cat([self.parents] + parents, 1)
+        self.scores = torch.cat([self.scores] + all_scores, 1)
+        self.depth = torch.cat([self.depth] + depths, 1)
+        keep = min(self.top_k, level)
+        order = torch.sort(-scores.flatten(1), dim=1, stable=True).indices[:, :keep].sort(dim=1).values
+        self.frontier = first + (k - 1) * level + order
+        block_nodes = first + torch.arange(k, device=device)[None, None, :] * level + order[..., None]
+        return order // branch, self.tokens.gather(1, block_nodes.flatten(1)).view(batch, keep, k)
+
+
+def _check_options(max_new_tokens, temperature, top_k, top_p, page_size, tree):
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    check_sampling(temperature, top_k, top_p)
+    if not isinstance(page_size, int) or page_size <= 0:
+        raise ValueError(f"page_size must be a positive int, got {page_size!r}")
+    for name, value in tree.items():
+        low = 0 if name == "num_draft" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+@register_method("falcon")
+def falcon(model, prompts: list[list[int]], *, max_new_tokens: int = 128, temperature: float = 0.0,
+           top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+           stop_tokens=None, stream=None, drafter=None, root_top_k: int | None = None,
+           branch_top_k: int | None = None, frontier: int | None = None, depth: int | None = None,
+           num_draft: int | None = None, page_size: int = 16) -> GenerationOutput:
+    """Falcon decoding. ``drafter``: a ``FalconDrafter`` or its folder (default: the model's
+    ``falcon/`` companion). Tree: ``root_top_k`` first tokens under the root, ``branch_top_k``
+    under deeper block ends, ``frontier`` block ends expanded per level, ``depth`` levels of
+    k-token blocks (drafter calls per step), ``num_draft`` draft nodes kept (defaults: the
+    drafter's recorded tree, else :data:`DEFAULT_TREE`). Temperature 0 verifies greedily
+    (identical to greedy AR); temperature > 0 uses lossless tree speculative sampling
+    (``top_k`` / ``top_p`` warp the target, reproducible with ``seed``).
+
+    Stats add ``drafter_calls``, ``accepted_lengths`` (per row, the tokens each step gained:
+    accepted drafts plus the bonus), ``mean_accepted_length``, ``accept_length_histogram``,
+    ``tree_steps`` and the tree settings.
+    """
+    given = dict(root_top_k=root_top_k, branch_top_k=branch_top_k, frontier=frontier, depth=depth,
+                 num_draft=num_draft)
+    if not model.config.causal:
+        raise ValueError("method 'falcon' needs a causal model; this one is a masked diffusion LM")
+    drafter = load_drafter(model, drafter)
+    recorded = drafter.meta.get("tree") or {}
+    tree_opts = {name: given[name] if given[name] is not None else recorded.get(name, DEFAULT_TREE[name])
+                 for name in DEFAULT_TREE}
+    _check_options(max_new_tokens, temperature, top_k, top_p, page_size, tree_opts)
+    sampling = temperature > 0
+    stops = stop_token_set(model, stop_tokens)
+    stats = Stats()
+    outputs: list[list[int]] = [[] for _ in prompts]
+    accepted: list[list[int]] = [[] for _ in prompts]
+    counters = {"drafter_calls": 0}
+
+    def finish():
+        flat = [a for row in accepted for a in row]
+        hist = Counter(flat)
+        return GenerationOutput(outputs, stats.finish(
+            outputs, acceptance="sampling" if sampling else "greedy", block_size=drafter.block_size,
+            drafter_calls=counters["drafter_calls"], accepted_lengths=accepted,
+            mean_accepted_length=sum(flat) / len(flat) if flat else 0.0,
+            accept_length_histogram={int(a): hist[a] for a in sorted(hist)}, tree_steps=len(flat),
+            **tree_opts))
+
+    if max_new_tokens == 0:
+        return finish()
+
+    k = drafter.block_size
+    device = model.device
+    gen = make_generator(seed, device)
+    num_draft, levels = tree_opts["num_draft"], tree_opts["depth"]
+    width = tree_opts["frontier"]
+    ps = page_size
+    tree_tokens = num_draft + 1
+    cache = model.new_cache(num_pages=sum(-(-(len(p) + max_new_tokens + tree_tokens) // ps) + 1 for p in prompts),
+                            page_size=ps)
+    draft_slots = levels * width * k + k
+    dcache = drafter.new_cache(sum(-(-(len(p) + max_new_tokens + draft_slots) // ps) + 1 for p in prompts), ps)
+    seqs = [cache.new_sequence() for _ in prompts]
+    dseqs = [dcache.new_sequence() for _ in prompts]
+    embed, lm_head = model.embed_tokens, model.lm_head
+
+    with torch.no_grad():
+        # ---- prefill: every prompt in one base forward; features of every prompt position
+        step = StepInput.extend(cache, seqs, prompts, logits="last")
+        logits, hidden = model.forward_paged(step, cache, return_hidden=True)
+        first = (sample_next(logits, temperature, top_k, top_p, gen) if sampling else logits.argmax(-1)).tolist()
+        stats.call(len(prompts), len(prompts))
+        tokens = [list(p) for p in prompts]          # every row's sequence, root included
+        feats, feat_lo = [], []                      # base features the drafter has not consumed
+        committed = [0] * len(prompts)               # drafter cache length per row
+        live, off = [], 0
+        for i, (p, t) in enumerate(zip(prompts, first)):
+            feats.append(hidden[off:off + len(p)])
+            feat_lo.append(0)
+            off += len(p)
+            if t in stops:
+                continue
+            outputs[i].append(t)
+            tokens[i].append(t)
+            if len(outputs[i]) < max_new_tokens:
+                live.append(i)
+        if stream is not None:
+            stream([list(o) for o in outputs])
+
+        while live:
+            n = {i: len(tokens[i]) - 1 for i in live}                 # base cache length = root position
+            room = {i: max_new_tokens - len(outputs[i]) for i in live}
+            drafting = [i for i in live if num_draft > 0 and n[i] >= k and room[i] >= 2]
+
+            # ---- 1. context call: the drafter consumes the new features (last block recomputed)
+            ctx_out = None
+            if drafting:
+                chunks = [max(0, min(committed[i], n[i] - k)) for i in live]
+                out, ends = drafter_context(
+                    drafter, dcache, [dseqs[i] for i in live], chunks,
+                    [tokens[i][s + 1:n[i] + 1] for i, s in zip(live, chunks)],
+                    [feats[i][s - feat_lo[i]:n[i] - feat_lo[i]] for i, s in zip(live, chunks)], embed)
+                counters["drafter_calls"] += 1
+                end_of = dict(zip(live, ends))
+                ctx_out = torch.stack([out[end_of[i] - k:end_of[i]] for i in drafting])   # [Bd, k, h]
+                for i in live:
+                    committed[i] = n[i]
+                    keep_from = max(0, n[i] - k)
+                    feats[i] = feats[i][keep_from - feat_lo[i]:]
+                    feat_lo[i] = keep_from
+
+            # ---- 2. grow the block tree of every drafting row
+            sel = None
+            if drafting:
+                sel, sel_depth = _draft_tree(drafter, dcache, [dseqs[i] for i in drafting],
+                                             [committed[i] for i in drafting], [tokens[i][-1] for i in drafting],
+                                             ctx_out, embed, lm_head, tree_opts,
+                                             max(room[i] for i in drafting), counters)
+
+            # ---- 3. one base forward over every row's tree, then verification
+            num_nodes = tree_tokens if drafting else 1
+            b = len(live)
+            candidates = torch.zeros(b, num_nodes, dtype=torch.long, device=device)
+            parents = torch.full((b, num_nodes), ABSENT_PARENT, dtype=torch.int32, device=device)
+            depth = torch.zeros(b, num_nodes, dtype=torch.long, device=device)
+            candidates[:, 0] = torch.tensor([tokens[i][-1] for i in live], device=device)
+            parents[:, 0] = -1
+            if drafting:
+                rows_d = torch.tensor([live.index(i) for i in drafting], device=device)
+                width_d = sel.parents.shape[1]
+                par = sel.parents.clone()
+                limit = torch.tensor([room[i] - 1 for i in drafting], device=device)
+                par[sel_depth > limit[:, None]] = ABSENT_PARENT         # a suffix: nodes are by depth
+                candidates[rows_d, :width_d] = sel.tokens
+                parents[rows_d, :width_d] = par
+                depth[rows_d, :width_d] = sel_depth
+            mask, _ = build_tree(parents)
+            sizes = (parents != ABSENT_PARENT).sum(1).tolist()
+            cand_rows, depth_rows = candidates.tolist(), depth.tolist()
+            starts = [n[i] for i in live]
+            step = StepInput.extend(
+                cache, [seqs[i] for i in live], [row[:s] for row, s in zip(cand_rows, sizes)],
+                positions=[[st + d for d in row[:s]] for st, row, s in zip(starts, depth_rows, sizes)],
+                custom_mask=torch.cat([mask[j, :s, :s].reshape(-1) for j, s in enumerate(sizes)]))
+            logits, hidden = model.forward_paged(step, cache, return_hidden=True)
+            offsets = step.plan.qo_indptr[:-1].long()
+            size_t = torch.tensor(sizes, device=device)
+            node = torch.arange(num_nodes, device=device)
+            gather = offsets[:, None] + torch.minimum(node[None, :], size_t[:, None] - 1)   # [b, T]
+            if sampling:
+                probs = warp_logits(logits[gather], temperature, top_k, top_p).softmax(dim=-1)
+                result = verify_tree_sampling(candidates, parents, None, probs, draft_rule="deterministic",
+                                              generator=gen)
+            else:
+                result = verify_tree_greedy(candidates, parents, logits.argmax(dim=-1)[gather])
+            accept_len, accept_index = result.accept_len.tolist(), result.accept_index.tolist()
+            bonus = result.bonus.tolist()
+
+            # ---- 4. commit the accepted paths
+            new = [[] for _ in prompts] if stream is not None else None
+            keep, produced = [], 0
+            offs = offsets.tolist()
+            for j, i in enumerate(live):
+                path = accept_index[j][:accept_len[j]]
+                accepted[i].append(accept_len[j])
+                cache.compact(seqs[i], starts[j], [starts[j] + c for c in path])
+                gained = [cand_rows[j][c] for c in path[1:]] + [bonus[j]]
+                stop_at = next((m for m, t in enumerate(gained) if t in stops), None)
+                if stop_at is not None and stop_at < room[i]:
+                    produced += stop_at + 1
+                    kept, done = gained[:stop_at], True
+                else:
+                    kept = gained[:room[i]]
+                    produced += len(kept)
+                    done = len(kept) == room[i]
+                outputs[i] += kept
+                if new is not None:
+                    new[i] = kept
+                if not done:
+                    keep.append(i)
+                    tokens[i] += gained
+                    rows_h = torch.tensor([offs[j] + c for c in path], device=device)
+                    feats[i] = torch.cat([feats[i], hidden.index_select(0, rows_h)])
+            stats.call(b, produced)
+            if stream is not None:
+                stream(new)
+            live = keep
+    for s in seqs:
+        cache.free(s)
+    for s in dseqs:
+        dcache.free(s)
+    return finish()
+
+
+def drafter_context(drafter, dcache, dseqs, starts, next_tokens, features, embed):
+    """Roll each drafter sequence back to ``starts[i]`` and run its positions ``starts[i] ..``:
+    ``next_tokens[i]`` (``t_{j+1}``) with ``features[i] [L_i, h]`` (``f_j``), under a
+    block-causal mask whose blocks end at each chunk's last position. Returns the drafter's
+    outputs ``[sum L_i, h]`` and the end offset of each row's rows in them."""
+    k = drafter.block_size
+    masks = []
+    for s, start, toks in zip(dseqs, starts, next_tokens):
+        dcache.truncate(s, start)
+        masks.append(block_causal_mask(len(toks), k, (-len(toks)) % k, drafter.device).reshape(-1))
+    step = StepInput.extend(dcache, dseqs, next_tokens, custom_mask=torch.cat(masks))
+    out = drafter.forward_paged(torch.cat(features), step, dcache, embed)
+    return out, step.plan.qo_indptr[1:].tolist()
+
+
+def _draft_tree(drafter, dcache, dseqs, committed, roots, ctx_out, embed, lm_head, opts, max_room, counters):
+    """Grow the block trees of ``Bd`` rows from the context call's last-block outputs
+    ``ctx_out [Bd, k, h]``; returns the kept nodes (``DraftSelection``) and their depths."""
+    k = drafter.block_size
+    device = ctx_out.device
+    bd = ctx_out.shape[0]
+    tree = BlockTree(torch.tensor(roots, device=device), opts["frontier"])
+
+    def logprobs(features):                                            # [Bd, F, k, h] -> [Bd, F, k, V]
+        return torch.log_softmax(lm_head(features).float(), dim=-1)
+
+    source, block_tokens = tree.expand_block(logprobs(ctx_out[:, None]), opts["root_top_k"])
+    fw = source.shape[1]
+    in_feats = [ctx_out[:, None].expand(-1, fw, -1, -1)]             # per level [Bd, F, k, h]
+    level_tokens = [block_tokens]                                      # per level [Bd, F, k]
+    ancestors = torch.eye(fw, dtype=torch.bool, device=device).expand(bd, -1, -1)   # [Bd, G, G] blocks
+    # levels beyond what any row can still accept would only be pruned
+    levels = min(opts["depth"], -(-(max_room - 1) // k))
+    rows = torch.arange(bd, device=device)[:, None]
+    for _ in range(1, levels):
+        g = ancestors.shape[1]
+        for s, c in zip(dseqs, committed):
+            dcache.truncate(s, c)
+        per_level = [t.shape[1] for t in level_tokens]
+        flat_tokens = torch.cat([t.flatten(1) for t in level_tokens], 1).tolist()        # [Bd, G*k]
+        rel = torch.cat([torch.arange(k) + lv * k for lv, f in enumerate(per_level) for _ in range(f)]).tolist()
+        mask = ancestors.repeat_interleave(k, 1).repeat_interleave(k, 2)                  # [Bd, Gk, Gk]
+        step = StepInput.extend(dcache, dseqs, flat_tokens, positions=[[c + r for r in rel] for c in committed],
+                                custom_mask=mask.reshape(-1))
+        x = torch.cat([f.flatten(1, 2) for f in in_feats], 1).reshape(-1, ctx_out.shape[-1])
+        out = drafter.forward_paged(x, step, dcache, embed).view(bd, g, k, -1)
+        counters["drafter_calls"] += 1
+        newest = out[:, g - per_level[-1]:]                                               # [Bd, F, k, h]
+        source, block_tokens = tree.expand_block(logprobs(newest), opts["branch_top_k"])
+        fw = source.shape[1]
+        in_feats.append(newest[rows, source])
+        level_tokens.append(block_tokens)
+        parent_rows = ancestors[rows, g - per_level[-1] + source]                        # [Bd, F', G]
+        grown = torch.zeros(bd, g + fw, g + fw, dtype=torch.bool, device=device)
+        grown[:, :g, :g] = ancestors
+        grown[:, g:, :g] = parent_rows
+        grown[:, g:, g:] = torch.eye(fw, dtype=torch.bool, device=device)
+        ancestors = grown
+    selection = tree.select(opts["num_draft"])
+    return selection, tree.depth.gather(1, selection.nodes)

@@ -17,7 +17,7 @@ from leapdec.zoo import ZOO_DIR
 
 def reference_rediff(model, prompt, gen_length, block_length, steps, revise_start=1):
     """LLaDA greedy steps; from step ``revise_start`` of each block, every block position that
-    was unmasked before the step, is not EOS, and now has a different, more probable prediction
+    was unmasked before the step (EOS too) and now has a different, more probable prediction
     takes that prediction. Returns the answer before its first EOS and the revision count."""
     x = torch.tensor(prompt + [MASK] * gen_length)
     masked = torch.tensor([False] * len(prompt) + [True] * gen_length)
@@ -37,7 +37,7 @@ def reference_rediff(model, prompt, gen_length, block_length, steps, revise_star
             if step >= revise_start:
                 for i in range(lo, hi):
                     tok = int(x[i])
-                    if (not was_masked[i] and tok != EOS and int(pred[i]) != tok
+                    if (not was_masked[i] and int(pred[i]) != tok
                             and float(logits[i, pred[i]]) > float(logits[i, tok])):
                         x[i] = pred[i]
                         revisions += 1

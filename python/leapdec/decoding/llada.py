@@ -57,7 +57,7 @@ class DiffusionSettings:
                  accept_threshold: float = 0.96, temperature: float = 0.0, seed=None,
                  eotp=False, eot_threshold: float = 0.0, revise=False, revise_start: int = 1,
                  revise_topk: float = 1.0, cache: str = "none", early_exit=True, page_size: int = 16,
-                 eos_id=None):
+                 eos_id=None, pad_id=None):
         cfg = model.config
         if cfg.mask_token_id is None:
             raise ValueError("diffusion decoding needs a masked diffusion LM: the model's config has no "
@@ -106,6 +106,7 @@ class DiffusionSettings:
                              "(pass eos_id=)")
         self.mask_id = cfg.mask_token_id
         self.eos_id = int(eos_id)
+        self.pad_id = self.eos_id if pad_id is None else int(pad_id)   # EoTP's padding; never revised
         self.max_new_tokens = max_new_tokens
         self.gen_length, self.block_length, self.steps = gen_length, block_length, steps
         self.num_blocks, self.steps_per_block = blocks, steps // blocks
@@ -207,7 +208,7 @@ class DiffusionDecoder:
             k=None if s.policy in ("threshold", "factor") else torch.tensor(quota, device=dev),
             block_start=0, block_end=block_end, threshold=s.threshold, factor=s.factor,
             filter_weights=s.filter_weights, accept_threshold=s.accept_threshold,
-            temperature=s.temperature, seed=seeds, eos_id=s.eos_id, eotp=s.eotp,
+            temperature=s.temperature, seed=seeds, eos_id=s.eos_id, pad_id=s.pad_id, eotp=s.eotp,
             eot_threshold=s.eot_threshold, revise=s.revise and step_index >= s.revise_start,
             revise_topk=s.revise_topk)
 

@@ -2,7 +2,7 @@
 
 Each step commits masked positions as LLaDA does (``decoding.llada``) and, from step
 ``revise_start`` of each block on, rewrites already-unmasked positions of the current block
-where the model now predicts another token with a higher probability than the one there
+(EOS included) where the model now predicts another token with a higher probability than the one there
 (optionally only the most confident ``revise_topk`` share of them), all in the same
 ``unmask_and_filter(revise=True)`` call. It runs on the ReDiff-refined weights (trained by
 ``python -m leapdec.train rediff`` to restore corrupted tokens and to revise its own drafts
@@ -75,8 +75,10 @@ def rediff(model, prompts: list[list[int]], *, max_new_tokens: int = 128, gen_le
     if decoder_model.config.vocab_size != model.config.vocab_size:
         raise ValueError(f"refined: vocabulary {decoder_model.config.vocab_size} differs from the "
                          f"model's {model.config.vocab_size}")
+    # every unmasked block token may be revised, EOS included (a premature EOS is the typical
+    # few-step error): no token is padding here (pad_id -1)
     settings = DiffusionSettings(decoder_model, max_new_tokens, gen_length, block_length, steps, policy,
                                  threshold, factor, temperature=temperature, seed=seed, revise=revise,
                                  revise_start=revise_start, revise_topk=revise_topk, cache=cache,
-                                 early_exit=early_exit, page_size=page_size)
+                                 early_exit=early_exit, page_size=page_size, pad_id=-1)
     return DiffusionDecoder(decoder_model, prompts, settings, stop_token_set(model, stop_tokens), stream).run()

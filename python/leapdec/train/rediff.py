@@ -5,13 +5,17 @@ and docstring, answer = the body + ``<|endoftext|>``, cut or padded with EOS to 
 (the layout decoding sees).
 
 * Stage 1 (restore corruptions): each answer is masked at a rate ``t ~ U(eps, 1)``; of the
-  visible answer tokens ~5 % are replaced by random tokens; the loss is the cross-entropy of the
+  visible answer tokens ~5 % are replaced by random tokens (a quarter of them by EOS, the
+  premature end typical of few-step decoding); the loss is the cross-entropy of the
   clean token on masked (weighted ``1/t``, the LLaDA SFT loss) and corrupted positions.
 * Stage 2 (learn from its own drafts): the stage-1 model drafts answers in few steps
-  (``draft_steps``); an expert gives the corrected answer: ``ar`` = the AR model's greedy
-  continuation of the prompt (``--expert-model``, default ``stdlib-ar``), ``reference`` = the
-  true function body. Training input is the draft (masked at rate t), the targets the
-  correction; the loss covers masked positions and visible draft tokens the expert changed.
+  (``draft_steps``); an expert corrects them: ``ar`` = the AR model (``--expert-model``, default
+  ``stdlib-ar``) reading prompt + draft replaces the draft tokens it finds unlikely (p < 0.05)
+  where it is confident of another (p > 0.5), a minimal edit; ``reference`` = the true function
+  body, position by position (crude: a draft that drifted differs everywhere). Training input
+  is the draft (masked at rate t), the targets the correction; the loss covers masked
+  positions and visible draft tokens the expert changed. Half of each stage-2 batch are
+  stage-1 examples, so the model keeps its footing on clean text.
 
 Writes a full Hugging Face checkpoint folder (config, weights, tokenizer) and its card into
 ``<model>/rediff/`` (or ``--out``), where ``generate(method="rediff")`` finds it; the card also
@@ -39,6 +43,7 @@ from leapdec.train import cards, corpus
 from leapdec.train import tokenizer as tokenizers_
 
 EXPERTS = ("ar", "reference")
+EOS_SHARE = 0.25        # share of stage-1 corruptions that write EOS instead of a random token
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +55,7 @@ class Preset:
     stage2_steps: int
     draft_prompts: int              # prompts drafted for stage 2
     draft_steps: int                # decoding steps of a draft (few: parallel, error-prone)
-    lr: float = 3e-4
+    lr: float = 1e-4
     warmup: int = 10
     corrupt_rate: float = 0.05
     mask_eps: float = 1e-3
@@ -70,7 +75,7 @@ PRESETS = {
                    corpus_max_bytes=300_000, expert="reference", eval_prompts=2, eval_steps=4,
                    quick_windows=2, quick_seq_len=64, seconds=60.0),
     "default": Preset(gen_length=128, block_length=32, batch_size=8, stage1_steps=150, stage2_steps=100,
-                      draft_prompts=16, draft_steps=16),
+                      draft_prompts=64, draft_steps=16),
 }
 
 
@@ -120,17 +125,33 @@ def refine_loss(model, inputs, targets, attention, answer, masked, revised, t) -
 
 def stage1_batch(rows, pad_id: int, vocab: int, special: int, corrupt_rate: float, eps: float,
                  gen: torch.Generator):
-    """Inputs with masked and corrupted answer positions; returns (inputs, targets, attention,
-    answer, masked, corrupted, t)."""
+    """Inputs with masked and corrupted answer positions (random tokens, or EOS = ``pad_id``);
+    returns (inputs, targets, attention, answer, masked, corrupted, t)."""
     tokens, attention, answer = pack(rows, pad_id)
     b, T = tokens.shape
     t = eps + (1 - eps) * torch.rand(b, generator=gen)
     masked = (torch.rand(b, T, generator=gen) < t[:, None]) & answer
     corrupted = (torch.rand(b, T, generator=gen) < corrupt_rate) & answer & ~masked
     noise = torch.randint(special, vocab, (b, T), generator=gen)
+    # a quarter of the corruptions are a premature EOS (the typical few-step error)
+    noise = torch.where(torch.rand(b, T, generator=gen) < EOS_SHARE, torch.full_like(noise, pad_id), noise)
     inputs = torch.where(corrupted, noise, tokens)
     corrupted &= inputs != tokens
     return inputs, tokens, attention, answer, masked, corrupted, t
+
+
+def _corrupt(answers: list[list[int]], vocab: int, special: int, rate: float, eos: int,
+             gen: torch.Generator):
+    """Each answer with a ``rate`` share of its tokens corrupted as in stage 1 (random
+    non-special tokens, a quarter of them ``eos``)."""
+    out = []
+    for a in answers:
+        t = torch.tensor(a)
+        hit = torch.rand(len(a), generator=gen) < rate
+        noise = torch.randint(special, vocab, (len(a),), generator=gen)
+        noise = torch.where(torch.rand(len(a), generator=gen) < EOS_SHARE, torch.full_like(noise, eos), noise)
+        out.append(torch.where(hit, noise, t).tolist())
+    return out
 
 
 def stage2_batch(pairs, pad_id: int, eps: float, gen: torch.Generator):
@@ -163,13 +184,23 @@ def diffusion_answers(model, prompts, gen_length: int, block_length: int, steps:
 
 
 @torch.no_grad()
-def ar_answers(ar_model, prompts, gen_length: int, eos: int) -> list[list[int]]:
-    """The AR model's greedy continuation of each prompt, cut at EOS and padded with EOS."""
-    import leapdec
-
-    outs = leapdec.generate(ar_model, prompts, method="ar", max_new_tokens=gen_length,
-                            stop_tokens=[eos]).tokens
-    return [(o + [eos] * gen_length)[:gen_length] for o in outs]
+def ar_corrections(ar_model, prompts, drafts, eos: int, confident: float = 0.5,
+                   doubt: float = 0.05) -> list[list[int]]:
+    """The AR expert's minimal corrections of ``drafts``: reading prompt + draft once
+    (teacher-forced), it replaces a draft token that it finds unlikely (p < ``doubt``) where it
+    is confident of another (p > ``confident``); a premature first EOS is corrected too, the
+    padding after it is kept."""
+    out = []
+    for prompt, draft in zip(prompts, drafts):
+        ids = torch.tensor([prompt + draft], device=ar_model.device)
+        probs = ar_model(ids)[0, len(prompt) - 1:-1].float().softmax(-1)
+        p_best, best = probs.max(-1)
+        p_draft = probs.gather(-1, ids[0, len(prompt):, None])[:, 0]
+        fix = (p_best > confident) & (p_draft < doubt)
+        end = draft.index(eos) if eos in draft else len(draft)
+        fix[end + 1:] = False
+        out.append(torch.where(fix, best, ids[0, len(prompt):]).tolist())
+    return out
 
 
 @torch.no_grad()
@@ -310,6 +341,16 @@ def train_rediff(model_path="stdlib-mdm", out_dir=None, preset: str = "default",
     if expert == "ar" and ar_model is None:
         raise ValueError("expert 'ar' needs expert_model (an AR checkpoint with the same tokenizer)")
 
+    from leapdec.train import lm
+
+    quick_files = lm.quick_heldout_files(tok, p.quick_seq_len, p.quick_windows, "mdm")
+    quick_stream = lm.encode_files(tok, quick_files)
+
+    def quick_loss(m) -> float:
+        """The LLaDA ELBO on lm's quick held-out subset (what the base model's card reports)."""
+        return round(lm.heldout_loss(m, quick_stream, "mdm", p.quick_seq_len, p.quick_windows,
+                                     eps=p.mask_eps)[0], 4)
+
     texts = corpus.read_corpus("train", max_bytes=p.corpus_max_bytes)
     examples = answer_examples(tok, texts, p.gen_length, p.max_prompt_tokens)
     if len(examples) < p.batch_size:
@@ -329,6 +370,7 @@ def train_rediff(model_path="stdlib-mdm", out_dir=None, preset: str = "default",
 
     share = p.stage1_steps / max(1, p.stage1_steps + p.stage2_steps)   # stage 1's part of the time cap
     s1 = _train_stage(model, opt, p, p.stage1_steps, batch1, train_start + share * p.seconds, history, 1, 0)
+    history[-1]["heldout_loss"] = quick_loss(model)
 
     # --- stage 2: drafts and expert corrections
     draft_start = time.perf_counter()
@@ -336,7 +378,7 @@ def train_rediff(model_path="stdlib-mdm", out_dir=None, preset: str = "default",
     prompts = [e[0] for e in chosen]
     drafts = diffusion_answers(model, prompts, p.gen_length, p.block_length, p.draft_steps, p.batch_size)
     if expert == "ar":
-        corrections = ar_answers(ar_model, prompts, p.gen_length, eos)
+        corrections = ar_corrections(ar_model, prompts, drafts, eos)
     else:
         corrections = [e[1] for e in chosen]
     pairs = list(zip(prompts, drafts, corrections))
@@ -344,10 +386,17 @@ def train_rediff(model_path="stdlib-mdm", out_dir=None, preset: str = "default",
     draft_s = time.perf_counter() - draft_start
 
     def batch2():
-        rows = [pairs[rng.randrange(len(pairs))] for _ in range(p.batch_size)]
+        half = p.batch_size // 2
+        rows = [pairs[rng.randrange(len(pairs))] for _ in range(p.batch_size - half)]
+        # stage-1 examples as (prompt, corrupted answer, clean answer) triples
+        clean = [examples[rng.randrange(len(examples))] for _ in range(half)]
+        for (prompt, answer), corrupted in zip(clean, _corrupt([a for _, a in clean], vocab, special,
+                                                               p.corrupt_rate, eos, gen)):
+            rows.append((prompt, corrupted, answer))
         return stage2_batch(rows, eos, p.mask_eps, gen)
 
     s2 = _train_stage(model, opt, p, p.stage2_steps, batch2, deadline + draft_s, history, 2, s1)
+    history[-1]["heldout_loss"] = quick_loss(model)
     train_s = time.perf_counter() - train_start
 
     # --- save: float32 when it fits a 16 MB file, else bfloat16
@@ -358,12 +407,7 @@ def train_rediff(model_path="stdlib-mdm", out_dir=None, preset: str = "default",
     tokenizers_.save_tokenizer(tok, out_dir)
     refined = load_checkpoint(out_dir, dtype=torch.float32).eval()
 
-    from leapdec.train import lm
-
-    quick_files = lm.quick_heldout_files(tok, p.quick_seq_len, p.quick_windows, "mdm")
-    quick_stream = lm.encode_files(tok, quick_files)
-    quick = {name: round(lm.heldout_loss(m, quick_stream, "mdm", p.quick_seq_len, p.quick_windows,
-                                         eps=p.mask_eps)[0], 4) for name, m in (("refined", refined), ("base", base))}
+    quick = {"refined": quick_loss(refined), "base": quick_loss(base)}
     evaluation = {}
     if p.eval_prompts:
         held = corpus.eval_prompts(p.eval_prompts, seed=seed, max_prompt_chars=600)

@@ -94,8 +94,8 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("demo", help="decode held-out prompts with every method and compare")
     p.add_argument("--methods", help="comma-separated methods (default: all available)")
-    p.add_argument("--prompts", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--prompts", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--png", default="leapdec-demo.png")

@@ -81,7 +81,10 @@ def compare_methods(prompts, methods, max_new_tokens=64, device="cpu", dtype=Non
     from tqdm.auto import tqdm
 
     models = dict(models or {})
-    options = options or {}
+    options = dict(options or {})
+    if max_new_tokens % 32 == 0:  # diffusion methods decode in LLaDA/Learn2PD's blocks of 32
+        for m in ("llada", "learn2pd", "rediff"):
+            options.setdefault(m, {"block_length": 32})
 
     def model_for(name):
         if name not in models:
@@ -94,7 +97,7 @@ def compare_methods(prompts, methods, max_new_tokens=64, device="cpu", dtype=Non
         name = METHOD_BASE_MODEL.get(method, "stdlib-ar")
         try:
             model = model_for(name)
-            run_method(model, prompts[:1], method, min(8, max_new_tokens), **options.get(method, {}))  # warm-up
+            run_method(model, prompts[:1], method, max_new_tokens, **options.get(method, {}))  # warm-up
         except (KeyError, FileNotFoundError) as e:
             if skipped is None or method == "ar":
                 raise

@@ -19,9 +19,10 @@ def mdm(seed=0, causal=False):
     return tiny_model(seed=seed, causal=causal, mask_token_id=MASK, eos_token_id=EOS)
 
 
-def reference_llada(model, prompt, gen_length, block_length, steps, eotp=False):
+def reference_llada(model, prompt, gen_length, block_length, steps, eotp=False, eot_threshold=0.0):
     """LLaDA's generate (greedy, low-confidence remasking) with the plain forward and torch ops:
-    the answer before its first EOS. ``eotp`` adds Learn2PD's End-of-Text Prediction."""
+    the answer before its first EOS. ``eotp`` adds Learn2PD's End-of-Text Prediction (a
+    committed EOS, else the most confident masked EOS prediction >= ``eot_threshold``)."""
     x = torch.tensor(prompt + [MASK] * gen_length)
     masked = torch.tensor([False] * len(prompt) + [True] * gen_length)
     P, blocks = len(prompt), gen_length // block_length
@@ -41,7 +42,8 @@ def reference_llada(model, prompt, gen_length, block_length, steps, eotp=False):
                 x[i], masked[i] = pred[i], False
             if eotp:
                 eos_taken = [i for i in take if int(pred[i]) == EOS]
-                late = [i for i in range(lo, len(x)) if masked[i] and int(pred[i]) == EOS]
+                late = [i for i in range(lo, len(x)) if masked[i] and int(pred[i]) == EOS
+                        and float(conf[i]) >= eot_threshold]
                 cut = min(eos_taken) if eos_taken else (max(late, key=lambda i: (float(conf[i]), -i))
                                                         if late else None)
                 if cut is not None:
@@ -181,11 +183,11 @@ def test_eotp_equals_plain_loop_and_changes_nothing_before_the_eos():
     model = mdm(seed=4)
     with torch.no_grad():
         model.lm_head.weight[EOS] *= 4       # make EOS predictions common
-    for cache in ("none", "prefix"):
+    for cache, threshold in (("none", 0.0), ("none", 0.05), ("prefix", 0.0)):
         out = generate(model, PROMPTS, method="llada", max_new_tokens=32, block_length=16, eotp=True,
-                       cache=cache, page_size=4)
+                       eot_threshold=threshold, cache=cache, page_size=4)
         if cache == "none":
-            assert out.tokens == [reference_llada(model, p, 32, 16, 32, eotp=True) for p in PROMPTS]
+            assert out.tokens == [reference_llada(model, p, 32, 16, 32, True, threshold) for p in PROMPTS]
         assert out.stats["eot_rows"] >= 1
 
 

@@ -31,7 +31,7 @@ def test_recipe_refines_and_ships_a_checkpoint(tiny_mdm):
     assert cards.verify_card(out) == []
     card = cards.load_card(out)
     p = PRESETS["tiny"]
-    assert card["method"] == "rediff" and card["recipe"]["expert"] == "reference"
+    assert card["method"] == "rediff" and card["recipe"]["expert"] == "mdm"
     assert card["training"]["stage1_steps"] == p.stage1_steps and card["training"]["stage2_steps"] == p.stage2_steps
     assert card["corpus"]["draft_prompts"] == p.draft_prompts
     ev = card["eval"]

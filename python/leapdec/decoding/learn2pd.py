@@ -9,7 +9,8 @@ trained (``python -m leapdec.train learn2pd``) to predict which positions alread
 final token, from the "extremely greedy" oracle decode of the same model.
 
 ``eotp=True`` (End-of-Text Prediction): once an EOS is committed, or a masked position
-predicts EOS, everything after it is padding and is never decoded.
+predicts EOS confidently (``eot_threshold``, default 0.9; Learn2PD's code takes any such
+prediction, 0), everything after it is padding and is never decoded.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from leapdec.decoding.base import GenerationOutput, register_method, stop_token_set
-from leapdec.decoding.llada import DiffusionDecoder, DiffusionSettings
+from leapdec.decoding.llada import EOT_THRESHOLD, DiffusionDecoder, DiffusionSettings
 from leapdec.ops.diffusion import filter_weights_of
 
 FILTER_FILE = "filter.safetensors"
@@ -74,14 +75,15 @@ def load_filter(model=None, filter=None) -> tuple[tuple, dict]:
 @register_method("learn2pd")
 def learn2pd(model, prompts: list[list[int]], *, max_new_tokens: int = 128, gen_length: int | None = None,
              block_length: int | None = None, steps: int | None = None, filter=None,
-             accept_threshold: float | None = None, eotp: bool = False, eot_threshold: float = 0.0,
+             accept_threshold: float | None = None, eotp: bool = False,
+             eot_threshold: float = EOT_THRESHOLD,
              temperature: float = 0.0, seed: int | None = None, cache: str = "none",
              early_exit: bool = True, stop_tokens=None, stream=None, page_size: int = 16) -> GenerationOutput:
     """Learn2PD decoding: LLaDA's quota per step (``steps``, default gen_length: one token) union
     the masked block positions the filter accepts (``sigmoid > accept_threshold``, default the
     filter's own or 0.96). ``filter``: a path, a module or ``(w1, b1, w2, b2)``; default the
     model's ``learn2pd/`` companion. ``eotp``: End-of-Text Prediction (``eot_threshold``: the
-    confidence a predicted EOS needs). Other options as ``llada``; the block (default 32) must
+    confidence a predicted EOS needs, default 0.9). Other options as ``llada``; the block (default 32) must
     fit the filter's input. Stats add ``decoded_positions`` and ``eot_rows``."""
     weights, meta = load_filter(model, filter)
     w1 = weights[0]

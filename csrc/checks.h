@@ -49,6 +49,13 @@ void check_kv_cache(const at::Tensor& k_cache, const at::Tensor& v_cache);
 void check_append_args(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cache,
                        const at::Tensor& v_cache, const at::Tensor& slot_mapping);
 
+// rope_append_paged_kv: the append arguments, q [N, H_q, D] in the cache dtype, positions int64
+// [N], cos_sin_cache [max_positions, rotary_dim] (float32 or q's dtype). Returns rotary_dim.
+int64_t check_rope_append_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& positions, const at::Tensor& cos_sin_cache,
+                               const at::Tensor& k_cache, const at::Tensor& v_cache,
+                               const at::Tensor& slot_mapping);
+
 // Everything about paged_attention that can be checked without reading index values.
 // Returns the parsed mask mode (0 none, 1 causal, 2 custom).
 int check_paged_attention_args(const at::Tensor& out, const std::optional<at::Tensor>& lse,

@@ -95,31 +95,8 @@ void rope_append_paged_kv_cpu(at::Tensor& q, const at::Tensor& k, const at::Tens
                               const at::Tensor& positions, const at::Tensor& cos_sin_cache,
                               at::Tensor& k_cache, at::Tensor& v_cache,
                               const at::Tensor& slot_mapping, bool is_neox) {
-  check_append_args(k, v, k_cache, v_cache, slot_mapping);
-  const int64_t n = k.size(0), d = k.size(2);
-  check_dim(q, 3, "q", "[N, H_q, D]");
-  TORCH_CHECK(q.size(0) == n && q.size(2) == d, "q must be [", n, ", H_q, ", d,
-              "] (one row per row of k, the head dim of k), got ", q.sizes());
-  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type(), "q must have the cache dtype ",
-              k_cache.scalar_type(), ", got ", q.scalar_type());
-  check_same_device(q, k_cache, "q", "k_cache");
-  check_contiguous(q, "q");
-  check_dtype(positions, at::kLong, "positions");
-  check_dim(positions, 1, "positions", "int64 vector [N]");
-  TORCH_CHECK(positions.size(0) == n, "positions must have one entry per row of k (", n, "), got ",
-              positions.size(0));
-  check_same_device(positions, k_cache, "positions", "k_cache");
-  check_contiguous(positions, "positions");
-  check_dim(cos_sin_cache, 2, "cos_sin_cache", "[max_positions, rotary_dim]");
-  TORCH_CHECK(cos_sin_cache.scalar_type() == at::kFloat ||
-                  cos_sin_cache.scalar_type() == q.scalar_type(),
-              "cos_sin_cache must be float32 or the dtype of q (", q.scalar_type(), "), got ",
-              cos_sin_cache.scalar_type());
-  const int64_t rot = cos_sin_cache.size(1);
-  TORCH_CHECK(rot >= 2 && rot % 2 == 0 && rot <= d, "cos_sin_cache's rotary_dim must be even and in [2, ",
-              d, "] (the head dim), got ", rot);
-  check_same_device(cos_sin_cache, k_cache, "cos_sin_cache", "k_cache");
-  check_contiguous(cos_sin_cache, "cos_sin_cache");
+  check_rope_append_args(q, k, v, positions, cos_sin_cache, k_cache, v_cache, slot_mapping);
+  const int64_t n = k.size(0);
 
   check_slots_in_range(slot_mapping, k_cache.size(0) * k_cache.size(1), "slot_mapping",
                        /*allow_negative=*/true);

@@ -25,28 +25,13 @@
 #include <string>
 
 #include "checks.h"
+#include "diffusion_checks.h"
 #include "launch_utils.cuh"
 #include "leapdec/reorder.cuh"
 #include "leapdec/unmask.cuh"
 #include "ops.h"
 
 namespace leapdec {
-
-// Shared with the CPU kernels; defined in csrc/cpu/diffusion.cpp.
-unmask::Params check_unmask_and_filter_args(
-    const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& masked,
-    const at::Tensor& committed, const at::Tensor& confidence, const at::Tensor& eot_pos,
-    const at::Tensor& predicted, const at::Tensor& entropy, const at::Tensor& block_start,
-    const at::Tensor& block_end, const std::optional<at::Tensor>& k,
-    const std::optional<at::Tensor>& seeds, const std::optional<at::Tensor>& filter_w1,
-    const std::optional<at::Tensor>& filter_b1, const std::optional<at::Tensor>& filter_w2,
-    const std::optional<at::Tensor>& filter_b2, const std::string& policy, double threshold,
-    double factor, double position_penalty, double temperature, int64_t eos_id, int64_t pad_id,
-    bool eotp, double eot_threshold, bool revise, double revise_topk, double accept_threshold);
-void check_topological_reorder_args(const at::Tensor& tokens, const at::Tensor& masked,
-                                    const at::Tensor& positions, const at::Tensor& tokens_out,
-                                    const at::Tensor& positions_out, const at::Tensor& perm,
-                                    const at::Tensor& inv_perm);
 
 namespace {
 

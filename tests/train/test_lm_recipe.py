@@ -148,3 +148,27 @@ def test_bad_arguments_name_the_argument(tmp_path):
         lm.train_lm("ar", "tiny", tmp_path / "x", seconds=-1)
     with pytest.raises(ValueError, match="objective"):
         lm.heldout_loss(None, torch.zeros(10, dtype=torch.long), "gpt", 4)
+
+
+def test_half_length_steps_train_on_cut_batches(trained, tmp_path, monkeypatch):
+    """``half_length_share`` (the ``long`` preset's mixing of window lengths): some steps train
+    on batches cut to ``seq_len // 2`` (SFT rows keep their prompt unmaskable), the rest on whole
+    windows."""
+    tiny = lm.PRESETS["tiny"]
+    monkeypatch.setitem(lm.PRESETS, "tiny-mixed",
+                        lm.dataclasses.replace(tiny, half_length_share=0.5, steps=12, eval_every=100))
+    seen = []
+    real = lm.mdm_loss
+
+    def spy(model, x0, t, noise, maskable, mask_id):
+        seen.append((x0.shape[1], noise.shape, maskable.shape))
+        return real(model, x0, t, noise, maskable, mask_id)
+
+    monkeypatch.setattr(lm, "mdm_loss", spy)
+    card = lm.train_lm("mdm", "tiny-mixed", tmp_path / "mixed", device="cpu", seed=0,
+                       init_from=trained["ar"][0], progress=False)
+    assert card["training"]["steps"] == 12
+    lengths = {n for n, _, _ in seen}
+    assert lengths == {tiny.seq_len, tiny.seq_len // 2}
+    assert all(noise[1] == n and maskable[1] == n for n, noise, maskable in seen)
+    assert "long" in lm.PRESETS and lm.PRESETS["long"].seq_len == 2 * lm.PRESETS["default"].seq_len

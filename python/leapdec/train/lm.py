@@ -62,6 +62,8 @@ class Preset:
     quick_windows: int = 8          # windows of the quick held-out subset (also checked by tests)
     sft_share: float = 0.5          # mdm: share of sequences trained prompt + EOS-padded answer
     mask_eps: float = 1e-3          # mdm: t ~ U(eps, 1)
+    half_length_share: float = 0.0  # mdm: share of steps whose batch is cut to seq_len // 2, so a
+                                    # long-window model still decodes short prompt + answer totals
 
 
 PRESETS = {
@@ -74,11 +76,17 @@ PRESETS = {
     "small": Preset(vocab_size=4096, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
                     num_attention_heads=2, num_key_value_heads=1, head_dim=64, seq_len=256,
                     batch_size=8, lr=3e-3, steps=4000),
-    # ~2.4M parameters: the zoo's stdlib-ar / stdlib-mdm, sized to train in minutes on a
+    # ~2.4M parameters: the zoo's stdlib-ar (and the first stdlib-mdm), sized to train in minutes on a
     # shared 2-core CPU (GQA 3:1, head_dim 64)
     "default": Preset(vocab_size=4096, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
                       num_attention_heads=3, num_key_value_heads=1, head_dim=64, seq_len=256,
                       batch_size=8, lr=3e-3, steps=4000),
+    # the default shape with a 512-token window: the zoo's stdlib-mdm, long enough for LLaDA /
+    # Learn2PD decoding at gen_length 256 after a prompt of up to 256 tokens (~0.3 s/step on an
+    # idle 2-core CPU)
+    "long": Preset(vocab_size=4096, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
+                   num_attention_heads=3, num_key_value_heads=1, head_dim=64, seq_len=512,
+                   batch_size=4, lr=3e-3, steps=2400, half_length_share=0.5),
     # ~4M parameters: for a GPU or an idle CPU
     "large": Preset(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                     num_attention_heads=4, num_key_value_heads=2, head_dim=64, seq_len=256,
@@ -440,9 +448,11 @@ def train_lm(objective: str = "ar", preset: str = "default", out_dir="stdlib-ar"
                     batch = torch.cat([batch, sft_tokens])
                     pos = torch.arange(p.seq_len)
                     maskable = torch.cat([maskable, pos[None, :] >= prompt_len[:, None]])
-                b = batch.shape[0]
+                if p.half_length_share and torch.rand((), generator=gen) < p.half_length_share:
+                    batch, maskable = batch[:, :p.seq_len // 2], maskable[:, :p.seq_len // 2]
+                b, length = batch.shape
                 t = p.mask_eps + (1 - p.mask_eps) * torch.rand(b, generator=gen)
-                noise = torch.rand(b, p.seq_len, generator=gen)
+                noise = torch.rand(b, length, generator=gen)
                 loss = mdm_loss(model, batch.to(device), t.to(device), noise.to(device),
                                 maskable.to(device), ids["mask"])
                 tokens_seen += batch.numel()

@@ -1,0 +1,136 @@
+"""WeDLM streaming decoding on the zoo's stdlib-wedlm against our AR engine.
+
+For each entropy threshold (and window), decodes the held-out prompts with ``method="wedlm"``
+and reports tokens per forward, model calls, tokens/s and the speedup over greedy AR of the
+same checkpoint (our engine, same batch, same run), rows identical to that AR output, token
+agreement, and the outputs' NLL under stdlib-ar (nats per token; AR's own output is the
+reference point). Threshold 0 fills one mask per forward (AR-like), larger thresholds fill more.
+
+    python benchmarks/bench_wedlm.py [--thresholds 0.4,0.8,1.6] [--batch 1,8] [--out bench_out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import leapdec
+from leapdec.evaluate import token_agreement
+from leapdec.train import corpus
+from leapdec.train import tokenizer as tokenizers_
+from leapdec.train.rediff import ar_nll
+
+
+def timed(model, prompts, batch: int, **options):
+    """(tokens per row, wall seconds, model calls, tokens per forward and row) of decoding
+    ``prompts`` ``batch`` rows at a time."""
+    tokens, wall, calls, row_calls, produced = [], 0.0, 0, 0, 0.0
+    for s in range(0, len(prompts), batch):
+        chunk = prompts[s:s + batch]
+        t0 = time.perf_counter()
+        out = leapdec.generate(model, chunk, temperature=0.0, **options)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        wall += time.perf_counter() - t0
+        tokens += out.tokens
+        calls += int(out.stats["model_calls"])
+        rc = out.stats.get("row_calls", sum(len(g) for g in out.stats.get("accepted_lengths", [])))
+        rc = rc or out.stats["model_calls"] * len(chunk)
+        produced += out.stats["tokens_per_call"] * rc
+        row_calls += rc
+    return tokens, wall, calls, produced / max(1, row_calls)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="stdlib-wedlm")
+    ap.add_argument("--ar-model", default="stdlib-ar", help="scores the outputs (NLL)")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--thresholds", default="0,0.2,0.4,0.8,1.6")
+    ap.add_argument("--windows", default="16")
+    ap.add_argument("--position-penalty", type=float, default=0.02)
+    ap.add_argument("--batch", default="1,8", help="rows per generate call, comma-separated")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default="bench_out")
+    args = ap.parse_args(argv)
+
+    model = leapdec.load_model(args.model, device=args.device)
+    scorer = leapdec.load_model(args.ar_model, device=args.device)
+    tok = tokenizers_.load_tokenizer(model.checkpoint_dir)
+    eos = tokenizers_.special_token_ids(tok)["eos"]
+    prompts = [[eos] + tok.encode(p.prompt, add_special_tokens=False).ids
+               for p in corpus.eval_prompts(args.prompts, seed=0, max_prompt_chars=600)]
+    n, new = len(prompts), args.max_new_tokens
+    leapdec.generate(model, prompts[:1], method="ar", max_new_tokens=4)        # warm-up
+    rows = []
+    grid = [(b, w, t) for b in map(int, args.batch.split(",")) for w in map(int, args.windows.split(","))
+            for t in map(float, args.thresholds.split(","))]
+    ar_runs = {}
+    for batch, window, threshold in tqdm(grid, desc="wedlm"):
+        if batch not in ar_runs:
+            ar_tokens, ar_wall, ar_calls, _ = timed(model, prompts, batch, method="ar", max_new_tokens=new)
+            ar_runs[batch] = (ar_tokens, ar_wall)
+            rows.append({"decode": "AR (our engine)", "batch": batch, "window": None, "threshold": None,
+                         "tokens_per_forward": 1.0, "model_calls": ar_calls,
+                         "tokens_per_s": round(sum(map(len, ar_tokens)) / ar_wall, 1), "speedup": 1.0,
+                         "identical_rows": n, "token_agreement": 1.0,
+                         "ar_nll": round(ar_nll(scorer, prompts, ar_tokens, eos), 3)})
+        ar_tokens, ar_wall = ar_runs[batch]
+        tokens, wall, calls, per_forward = timed(model, prompts, batch, method="wedlm", max_new_tokens=new,
+                                                 window=window, threshold=threshold,
+                                                 position_penalty=args.position_penalty)
+        produced = sum(map(len, tokens))
+        rows.append({"decode": "WeDLM", "batch": batch, "window": window, "threshold": threshold,
+                     "tokens_per_forward": round(per_forward, 2), "model_calls": calls,
+                     "tokens_per_s": round(produced / wall, 1), "speedup": round(ar_wall / wall, 2),
+                     "identical_rows": sum(a == b for a, b in zip(tokens, ar_tokens)),
+                     "token_agreement": round(token_agreement(tokens, ar_tokens), 4),
+                     "ar_nll": round(ar_nll(scorer, prompts, tokens, eos), 3)})
+        tqdm.write(str(rows[-1]))
+
+    lines = [f"{args.model}, {n} held-out prompts, {new} new tokens, position penalty {args.position_penalty}, "
+             f"{args.device}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}", "",
+             "| decode | batch | window | entropy threshold | tokens per forward | model calls | tok/s "
+             "| vs AR | rows identical to AR | token agreement | NLL under stdlib-ar |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['decode']} | {r['batch']} | {r['window'] or '-'} | "
+                     f"{'-' if r['threshold'] is None else r['threshold']} | {r['tokens_per_forward']:.2f} | "
+                     f"{r['model_calls']} | {r['tokens_per_s']:g} | {r['speedup']:.2f}x | "
+                     f"{r['identical_rows']}/{n} | {100 * r['token_agreement']:.1f}% | {r['ar_nll']:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "wedlm.md").write_text(table + "\n")
+    (out_dir / "wedlm.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for batch in sorted({r["batch"] for r in rows}):
+            pts = [r for r in rows if r["decode"] == "WeDLM" and r["batch"] == batch]
+            ax.plot([r["tokens_per_forward"] for r in pts], [r["token_agreement"] for r in pts], "o-",
+                    label=f"batch {batch}")
+            for r in pts:
+                ax.annotate(f"{r['threshold']:g}", (r["tokens_per_forward"], r["token_agreement"]), fontsize=7)
+        ax.set_xlabel("tokens per forward")
+        ax.set_ylabel("token agreement with greedy AR")
+        ax.set_title(f"{args.model}: WeDLM entropy threshold sweep")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "wedlm.png", dpi=120)
+    except ImportError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -61,8 +61,11 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="rows per generate call")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--only", default=None, help="comma-separated labels' prefixes to run (baseline always)")
+    ap.add_argument("--quick", action="store_true", help="2 prompts, gen_length 64 (CPU smoke run)")
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.prompts, args.gen_length = 2, 64
 
     model = leapdec.load_model(args.model, device=args.device)
     ar_model = leapdec.load_model(args.ar_model, device=args.device)

@@ -57,8 +57,11 @@ def main(argv=None) -> int:
     ap.add_argument("--position-penalty", type=float, default=0.02)
     ap.add_argument("--batch", default="1,8", help="rows per generate call, comma-separated")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="2 prompts, 16 tokens, 2 thresholds (CPU smoke run)")
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.prompts, args.max_new_tokens, args.thresholds, args.batch = 2, 16, "0,0.8", "2"
 
     model = leapdec.load_model(args.model, device=args.device)
     scorer = leapdec.load_model(args.ar_model, device=args.device)

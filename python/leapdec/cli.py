@@ -70,7 +70,8 @@ def _generate(args) -> int:
 
 
 def _bench(args) -> int:
-    scripts = {"attention": "bench_attention.py", "decode": "bench_decode.py", "unmask": "bench_unmask.py"}
+    scripts = {"attention": "bench_attention.py", "decode": "bench_decode.py", "unmask": "bench_unmask.py",
+               "diffusion": "bench_diffusion.py", "wedlm": "bench_wedlm.py"}
     names = list(scripts) if args.what == "all" else [args.what]
     for name in names:
         path = os.path.normpath(os.path.join(BENCH_DIR, scripts[name]))
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
     p.set_defaults(fn=_generate)
 
     p = sub.add_parser("bench", help="run the op and decoding benchmarks")
-    p.add_argument("what", nargs="?", default="all", choices=["all", "attention", "decode", "unmask"])
+    p.add_argument("what", nargs="?", default="all", choices=["all", "attention", "decode", "unmask", "diffusion", "wedlm"])
     p.add_argument("--quick", action="store_true", help="small shapes (CPU)")
     p.set_defaults(fn=_bench)
 

@@ -150,13 +150,13 @@ def test_bad_arguments_name_the_argument(tmp_path):
         lm.heldout_loss(None, torch.zeros(10, dtype=torch.long), "gpt", 4)
 
 
-def test_half_length_steps_train_on_cut_batches(trained, tmp_path, monkeypatch):
-    """``half_length_share`` (the ``long`` preset's mixing of window lengths): some steps train
-    on batches cut to ``seq_len // 2`` (SFT rows keep their prompt unmaskable), the rest on whole
-    windows."""
+def test_random_length_steps_train_on_cut_batches(trained, tmp_path, monkeypatch):
+    """``random_length_share`` (the ``long`` presets' mixing of window lengths): some steps train
+    on batches cut to a random length in ``[seq_len // 4, seq_len]``, the rest on whole windows;
+    an SFT-only preset (no pretraining windows) trains too."""
     tiny = lm.PRESETS["tiny"]
     monkeypatch.setitem(lm.PRESETS, "tiny-mixed",
-                        lm.dataclasses.replace(tiny, half_length_share=0.5, steps=12, eval_every=100))
+                        lm.dataclasses.replace(tiny, random_length_share=0.5, steps=12, eval_every=100))
     seen = []
     real = lm.mdm_loss
 
@@ -169,6 +169,13 @@ def test_half_length_steps_train_on_cut_batches(trained, tmp_path, monkeypatch):
                        init_from=trained["ar"][0], progress=False)
     assert card["training"]["steps"] == 12
     lengths = {n for n, _, _ in seen}
-    assert lengths == {tiny.seq_len, tiny.seq_len // 2}
+    assert tiny.seq_len in lengths and len(lengths) >= 3
+    assert all(tiny.seq_len // 4 <= n <= tiny.seq_len for n in lengths)
     assert all(noise[1] == n and maskable[1] == n for n, noise, maskable in seen)
     assert "long" in lm.PRESETS and lm.PRESETS["long"].seq_len == 2 * lm.PRESETS["default"].seq_len
+    monkeypatch.setitem(lm.PRESETS, "tiny-sft",
+                        lm.dataclasses.replace(tiny, sft_share=1.0, steps=2, eval_every=100))
+    card = lm.train_lm("mdm", "tiny-sft", tmp_path / "sft", device="cpu", seed=0,
+                       init_from=trained["ar"][0], progress=False)
+    assert card["training"]["steps"] == 2
+    assert card["recipe"]["init_from_commands"] == [cards.load_card(trained["ar"][0])["command"]]

@@ -127,6 +127,27 @@ def test_tiny_recipe_end_to_end(trained):
     assert again["ar"] == pytest.approx(ev["heldout_ar_loss"], abs=1e-3)
 
 
+def test_distilled_windows_are_prompt_plus_greedy_continuation(trained):
+    """The "distill" presets' data: corpus windows continued by the init model's greedy AR,
+    EOS-padded where it stopped early; a share of each batch in training."""
+    ar_dir, _ = trained
+    model = load_checkpoint(ar_dir, dtype=torch.float32)
+    tok = tokenizers_.load_tokenizer(ar_dir)
+    stream = corpus.encode_corpus(tok, "heldout")[:4000]
+    p = wedlm.dataclasses.replace(wedlm.PRESETS["tiny"], distill_share=0.5, distill_prompts=3,
+                                  distill_gen_len=16)
+    windows = wedlm.distilled_windows(model, stream, p, seed=0)
+    assert windows.shape == (3, p.seq_len)
+    prompt_len = p.seq_len - p.distill_gen_len
+    ar = generate(model, windows[:, :prompt_len].tolist(), method="ar", max_new_tokens=16)
+    eos = model.config.stop_token_ids[0]
+    for row, cont in zip(windows.tolist(), ar.tokens):
+        assert row[prompt_len:] == cont + [eos] * (16 - len(cont))
+    with pytest.raises(ValueError, match="distill_gen_len"):
+        wedlm.distilled_windows(model, stream, wedlm.dataclasses.replace(p, distill_gen_len=p.seq_len), 0)
+    assert wedlm.PRESETS["distill"].distill_share > 0
+
+
 def test_recipe_rejects_bad_arguments(trained, tmp_path):
     ar_dir, _ = trained
     with pytest.raises(ValueError, match="preset"):

@@ -106,6 +106,7 @@ def render_markdown(card: dict) -> str:
         "## Reproduce",
         "",
         "```",
+        *[c for c in card.get("recipe", {}).get("init_from_commands", []) if c],
         card["command"],
         "```",
         "",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import shlex
 import sys
@@ -62,8 +63,10 @@ class Preset:
     quick_windows: int = 8          # windows of the quick held-out subset (also checked by tests)
     sft_share: float = 0.5          # mdm: share of sequences trained prompt + EOS-padded answer
     mask_eps: float = 1e-3          # mdm: t ~ U(eps, 1)
-    half_length_share: float = 0.0  # mdm: share of steps whose batch is cut to seq_len // 2, so a
-                                    # long-window model still decodes short prompt + answer totals
+    random_length_share: float = 0.0  # mdm: share of steps whose batch is cut to a random length
+                                      # in [seq_len // 4, seq_len] (LLaDA trains on random lengths
+                                      # too), so that the EOS padding of an SFT row does not pin
+                                      # the answer to one total length
 
 
 PRESETS = {
@@ -81,12 +84,17 @@ PRESETS = {
     "default": Preset(vocab_size=4096, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
                       num_attention_heads=3, num_key_value_heads=1, head_dim=64, seq_len=256,
                       batch_size=8, lr=3e-3, steps=4000),
-    # the default shape with a 512-token window: the zoo's stdlib-mdm, long enough for LLaDA /
-    # Learn2PD decoding at gen_length 256 after a prompt of up to 256 tokens (~0.3 s/step on an
-    # idle 2-core CPU)
+    # the default shape with a 512-token window, long enough for LLaDA / Learn2PD decoding at
+    # gen_length 256 after a prompt of up to 256 tokens: the zoo's stdlib-mdm is "long" from
+    # stdlib-ar, then "long-sft" from that (~0.3 s/step on an idle 2-core CPU)
     "long": Preset(vocab_size=4096, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
                    num_attention_heads=3, num_key_value_heads=1, head_dim=64, seq_len=512,
-                   batch_size=4, lr=3e-3, steps=2400, half_length_share=0.5),
+                   batch_size=4, lr=3e-3, steps=2400, random_length_share=0.5),
+    # LLaDA's SFT stage on top of "long" (--init-from it): prompt + EOS-padded answer rows only
+    "long-sft": Preset(vocab_size=4096, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
+                       num_attention_heads=3, num_key_value_heads=1, head_dim=64, seq_len=512,
+                       batch_size=4, lr=1e-3, steps=600, warmup=20, random_length_share=1.0,
+                       sft_share=1.0),
     # ~4M parameters: for a GPU or an idle CPU
     "large": Preset(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                     num_attention_heads=4, num_key_value_heads=2, head_dim=64, seq_len=256,
@@ -382,10 +390,14 @@ def train_lm(objective: str = "ar", preset: str = "default", out_dir="stdlib-ar"
         raise ValueError("preset: the corpus slice holds no functions with docstrings for SFT rows")
 
     # --- model
-    init_sha256 = None
+    init_sha256, init_commands = None, []
     if init_from is not None:
         source = load_checkpoint(init_from, dtype=torch.float32)
         init_sha256 = cards.file_sha256(Path(init_from) / "model.safetensors")
+        init_card = Path(init_from) / "card.json"
+        if init_card.is_file():       # the commands that made the starting point, oldest first
+            prior = json.loads(init_card.read_text())
+            init_commands = prior.get("recipe", {}).get("init_from_commands", []) + [prior.get("command")]
         config = dataclasses.replace(source.config, causal=objective == "ar",
                                      mask_token_id=ids["mask"] if objective == "mdm" else None,
                                      extra=dict(source.config.extra))
@@ -405,8 +417,11 @@ def train_lm(objective: str = "ar", preset: str = "default", out_dir="stdlib-ar"
     # --- training loop
     gen = torch.Generator().manual_seed(seed)
     n_sft = round(p.sft_share * p.batch_size) if pairs else 0
-    windows = corpus.batches(train_stream, p.batch_size - n_sft,
-                             p.seq_len if objective == "ar" else p.seq_len - 1, seed=seed)
+    if p.batch_size > n_sft:
+        windows = corpus.batches(train_stream, p.batch_size - n_sft,
+                                 p.seq_len if objective == "ar" else p.seq_len - 1, seed=seed)
+    else:                             # SFT rows only
+        windows = iter(lambda: torch.empty(0, p.seq_len, dtype=torch.long), None)
     history, ema, step, tokens_seen = [], None, 0, 0
     bar = tqdm(total=steps if seconds is None else round(seconds), disable=not progress,
                unit="step" if seconds is None else "s", desc=f"{objective}/{name}")
@@ -448,8 +463,9 @@ def train_lm(objective: str = "ar", preset: str = "default", out_dir="stdlib-ar"
                     batch = torch.cat([batch, sft_tokens])
                     pos = torch.arange(p.seq_len)
                     maskable = torch.cat([maskable, pos[None, :] >= prompt_len[:, None]])
-                if p.half_length_share and torch.rand((), generator=gen) < p.half_length_share:
-                    batch, maskable = batch[:, :p.seq_len // 2], maskable[:, :p.seq_len // 2]
+                if p.random_length_share and torch.rand((), generator=gen) < p.random_length_share:
+                    cut = int(torch.randint(p.seq_len // 4, p.seq_len + 1, (), generator=gen))
+                    batch, maskable = batch[:, :cut], maskable[:, :cut]
                 b, length = batch.shape
                 t = p.mask_eps + (1 - p.mask_eps) * torch.rand(b, generator=gen)
                 noise = torch.rand(b, length, generator=gen)
@@ -516,6 +532,7 @@ def train_lm(objective: str = "ar", preset: str = "default", out_dir="stdlib-ar"
                    "steps_budget": steps, "seconds_budget": seconds,
                    "init_from": str(init_from) if init_from is not None else None,
                    "init_from_sha256": init_sha256,
+                   "init_from_commands": init_commands,
                    "tokenizer": tok_source, "optimizer": "AdamW(betas=(0.9, 0.95))",
                    "schedule": "linear warmup, cosine to min_lr_ratio over the step/time budget",
                    "autocast": "bfloat16" if device.type == "cuda" else None},

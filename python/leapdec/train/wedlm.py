@@ -62,6 +62,12 @@ class Preset:
     eval_windows: int = 16          # held-out windows of the quick evaluation
     decode_prompts: int = 8         # held-out prompts decoded for the card
     decode_tokens: int = 64
+    # self-distillation (as Medusa's and Falcon's recipes): a share of each batch are windows of
+    # the init model's own greedy continuations (prompt tail + continuation), the text that
+    # decoding produces, so that the masks become confident where greedy AR is
+    distill_share: float = 0.0
+    distill_prompts: int = 0        # corpus windows continued greedily
+    distill_gen_len: int = 64       # tokens generated per window (the rest of seq_len is prompt)
 
 
 PRESETS = {
@@ -72,6 +78,9 @@ PRESETS = {
     # the zoo's stdlib-wedlm: ~20 minutes on an idle 2-core CPU from stdlib-ar (0.2 s/step)
     "default": Preset(seq_len=128, block_size=16, batch_size=8, lr=5e-4, steps=6000, warmup=100,
                       eval_every=250),
+    # the zoo's stdlib-wedlm: "default" with half of each batch self-distilled from stdlib-ar
+    "distill": Preset(seq_len=128, block_size=16, batch_size=8, lr=5e-4, steps=3000, warmup=100,
+                      eval_every=250, distill_share=0.5, distill_prompts=768, distill_gen_len=64),
 }
 
 
@@ -245,6 +254,31 @@ def decode_eval(model: Transformer, reference: Transformer, tok, n_prompts: int,
                 sum(prefix_share(a, b) for a, b in zip(wedlm.tokens, ar.tokens)) / len(prompts), 3)}
 
 
+# ----------------------------------------------------------------------------- self-distillation
+
+@torch.no_grad()
+def distilled_windows(model: Transformer, stream: torch.Tensor, p: Preset, seed: int,
+                      progress: bool = False, batch: int = 64) -> torch.Tensor:
+    """``[distill_prompts, seq_len]`` windows: ``seq_len - distill_gen_len`` tokens of the
+    corpus followed by ``model``'s greedy continuation of them (a continuation that stops early
+    is padded with EOS)."""
+    from leapdec.decoding import generate
+    from leapdec.train.medusa import sample_prompts
+
+    prompt_len = p.seq_len - p.distill_gen_len
+    if prompt_len <= 0:
+        raise ValueError(f"distill_gen_len ({p.distill_gen_len}) must be below seq_len ({p.seq_len})")
+    prompts = sample_prompts(stream, p.distill_prompts, prompt_len, seed + 1)
+    eos = model.config.stop_token_ids[0]
+    out = []
+    for s in tqdm(range(0, len(prompts), batch), disable=not progress, desc="distill", unit="batch"):
+        chunk = prompts[s:s + batch]
+        gen = generate(model, chunk, method="ar", max_new_tokens=p.distill_gen_len)
+        for prompt, cont in zip(chunk, gen.tokens):
+            out.append(prompt + cont + [eos] * (p.distill_gen_len - len(cont)))
+    return torch.tensor(out, dtype=torch.long)
+
+
 # ----------------------------------------------------------------------------- recipe
 
 def _lr_at(p: Preset, step: int, progress: float) -> float:
@@ -315,7 +349,10 @@ def train_wedlm(init_from="stdlib-ar", out_dir="stdlib-wedlm", preset: str = "de
     # --- data
     train_stream = corpus.encode_corpus(tok, "train", max_bytes=p.corpus_max_bytes)
     heldout_stream = corpus.encode_corpus(tok, "heldout")
-    windows = corpus.batches(train_stream, p.batch_size, p.seq_len - 1, seed=seed)
+    n_distill = round(p.distill_share * p.batch_size) if p.distill_prompts else 0
+    windows = corpus.batches(train_stream, p.batch_size - n_distill, p.seq_len - 1, seed=seed)
+    distilled = (distilled_windows(reference, train_stream, p, seed, progress) if n_distill
+                 else None)
     gen = torch.Generator().manual_seed(seed)
     attn_mask = dual_stream_mask(p.seq_len, p.block_size, device)
 
@@ -341,6 +378,9 @@ def train_wedlm(init_from="stdlib-ar", out_dir="stdlib-wedlm", preset: str = "de
         for group in opt.param_groups:
             group["lr"] = _lr_at(p, step, frac)
         x0 = next(windows)
+        if n_distill:
+            rows = torch.randint(0, len(distilled), (n_distill,), generator=gen)
+            x0 = torch.cat([x0, distilled[rows]])
         loss, parts = wedlm_loss(model, x0, p.block_size, ids["mask"], gen, p.ar_weight, p.mask_eps,
                                  attn_mask)
         opt.zero_grad(set_to_none=True)

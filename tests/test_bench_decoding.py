@@ -1,0 +1,41 @@
+"""Quick runs of the decoding benchmarks on the zoo models: they run, write their tables and
+count model calls as the methods define them."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name, args, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [str(BENCH / name)] + args)
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(BENCH / name), run_name="__main__")
+    assert done.value.code == 0
+
+
+def test_bench_diffusion_quick(tmp_path, monkeypatch):
+    run_script("bench_diffusion.py", ["--quick", "--only", "Learn2PD + EoTP (0.9),Fast-dLLM",
+                                      "--out", str(tmp_path)], monkeypatch)
+    report = json.loads((tmp_path / "diffusion.json").read_text())
+    rows = {r["decode"]: r for r in report["rows"]}
+    base = rows["LLaDA baseline (steps = gen_length)"]
+    assert base["calls_per_row"] == 64 and base["identical_rows"] == 2 and base["nfe_reduction"] == 1
+    for label in ("Learn2PD + EoTP (0.9)", "Fast-dLLM threshold 0.9"):
+        assert 1 <= rows[label]["calls_per_row"] <= 64
+    assert (tmp_path / "diffusion.md").read_text().count("\n| ") == 3
+    assert (tmp_path / "diffusion.png").stat().st_size > 0
+
+
+def test_bench_wedlm_quick(tmp_path, monkeypatch):
+    run_script("bench_wedlm.py", ["--quick", "--out", str(tmp_path)], monkeypatch)
+    rows = json.loads((tmp_path / "wedlm.json").read_text())["rows"]
+    assert [r["decode"] for r in rows] == ["AR (our engine)", "WeDLM", "WeDLM"]
+    assert all(r["tokens_per_forward"] >= 0 for r in rows)
+    # threshold 0 fills exactly one mask per forward: no more tokens per forward than 1
+    assert rows[1]["threshold"] == 0 and rows[1]["tokens_per_forward"] <= 1.0
+    assert (tmp_path / "wedlm.png").stat().st_size > 0

@@ -28,7 +28,7 @@
 #include "leapdec/unmask.cuh"
 #include "ops.h"
 
-// The simd helpers are always inlined into their (cloned) callers, so GCC's note about the
+// The simd helpers are always inlined into their (ISA-specific) callers, so GCC's note about the
 // vector-return ABI of targets without AVX-512 does not apply (as in simd.h).
 #pragma GCC diagnostic ignored "-Wpsabi"
 
@@ -51,30 +51,31 @@ inline float as_float(T x) {
   return static_cast<float>(x);
 }
 
-__attribute__((always_inline)) inline bool any_lane(const simd::i32x16& m) {
+template <int W>
+LEAPDEC_SIMD_INLINE bool any_lane(const simd::vi<W>& m) {
   int32_t r = 0;
-  for (int i = 0; i < simd::kLanes; ++i) r |= m[i];
+  for (int i = 0; i < W; ++i) r |= m[i];
   return r != 0;
 }
 
-// Greedy statistics of one row x[V] (no temperature), vectorized: pass 1 finds the max (and
-// NaN / +inf), a scan finds its first index, pass 2 sums exp(x - m) and exp(x - m) (x - m).
-// The row stays in cache between the passes, so it is read from memory once.
-LEAPDEC_CPU_CLONES
-void greedy_row_stats(const float* x, int64_t V, unmask::SoftmaxStats& st) {
-  using simd::f32x16;
-  using simd::i32x16;
-  const int64_t vv = V - V % simd::kLanes;
-  const f32x16 pinf = simd::splat(kInf), ninf = simd::splat(-kInf);
-  f32x16 vmx = ninf;
-  i32x16 bad = {};
-  for (int64_t v = 0; v < vv; v += simd::kLanes) {
-    const f32x16 a = simd::load(x + v);
+// Greedy statistics of one row x[V] (no temperature), vectorized W floats at a time: pass 1
+// finds the max (and NaN / +inf), a scan finds its first index, pass 2 sums exp(x - m) and
+// exp(x - m) (x - m). The row stays in cache between the passes, so it is read from memory once.
+template <int W>
+LEAPDEC_SIMD_INLINE void greedy_row_stats_w(const float* x, int64_t V, unmask::SoftmaxStats& st) {
+  using F = simd::vf<W>;
+  using I = simd::vi<W>;
+  const int64_t vv = V - V % W;
+  const F pinf = simd::splat<W>(kInf), ninf = simd::splat<W>(-kInf);
+  F vmx = ninf;
+  I bad = {};
+  for (int64_t v = 0; v < vv; v += W) {
+    const F a = simd::load<W>(x + v);
     bad |= (a != a) | (a == pinf);
-    vmx = simd::vmax(vmx, a);
+    vmx = simd::vmax<W>(vmx, a);
   }
-  float m = simd::hmax(vmx);
-  bool invalid = any_lane(bad);
+  float m = vv > 0 ? simd::hmax<W>(vmx) : -kInf;
+  bool invalid = any_lane<W>(bad);
   for (int64_t v = vv; v < V; ++v) {
     invalid |= std::isnan(x[v]) || x[v] == kInf;
     m = std::max(m, x[v]);
@@ -86,10 +87,10 @@ void greedy_row_stats(const float* x, int64_t V, unmask::SoftmaxStats& st) {
   }
   if (m == -kInf) return;  // no finite logit: finalize reports it invalid
   int64_t idx = -1;
-  const f32x16 mv = simd::splat(m);
-  for (int64_t v = 0; v < vv && idx < 0; v += simd::kLanes) {
-    if (!any_lane(simd::load(x + v) == mv)) continue;
-    for (int j = 0; j < simd::kLanes; ++j) {
+  const F mv = simd::splat<W>(m);
+  for (int64_t v = 0; v < vv && idx < 0; v += W) {
+    if (!any_lane<W>(simd::load<W>(x + v) == mv)) continue;
+    for (int j = 0; j < W; ++j) {
       if (x[v + j] == m) {
         idx = v + j;
         break;
@@ -99,14 +100,14 @@ void greedy_row_stats(const float* x, int64_t V, unmask::SoftmaxStats& st) {
   for (int64_t v = vv; v < V && idx < 0; ++v) {
     if (x[v] == m) idx = v;
   }
-  f32x16 vs = {}, vt = {};
-  for (int64_t v = 0; v < vv; v += simd::kLanes) {
-    const f32x16 d = simd::load(x + v) - mv;
-    const f32x16 e = simd::exp_nonpos(d);
+  F vs = {}, vt = {};
+  for (int64_t v = 0; v < vv; v += W) {
+    const F d = simd::load<W>(x + v) - mv;
+    const F e = simd::exp_nonpos<W>(d);
     vs += e;
-    vt += d > ninf ? e * d : f32x16{};
+    vt += d > ninf ? e * d : F{};
   }
-  float s = simd::hsum(vs), t = simd::hsum(vt);
+  float s = simd::hsum<W>(vs), t = simd::hsum<W>(vt);
   for (int64_t v = vv; v < V; ++v) {
     const float d = x[v] - m;
     if (d > -kInf) {
@@ -123,6 +124,35 @@ void greedy_row_stats(const float* x, int64_t V, unmask::SoftmaxStats& st) {
   st.best_idx = static_cast<int>(idx);
 }
 
+void greedy_row_stats_base(const float* x, int64_t V, unmask::SoftmaxStats& st) {
+  greedy_row_stats_w<4>(x, V, st);
+}
+
+#ifdef LEAPDEC_SIMD_X86
+LEAPDEC_TARGET_AVX2 void greedy_row_stats_avx2(const float* x, int64_t V, unmask::SoftmaxStats& st) {
+  greedy_row_stats_w<8>(x, V, st);
+}
+
+LEAPDEC_TARGET_AVX512 void greedy_row_stats_avx512(const float* x, int64_t V,
+                                                   unmask::SoftmaxStats& st) {
+  greedy_row_stats_w<16>(x, V, st);
+}
+#endif
+
+using GreedyRowStatsFn = void (*)(const float*, int64_t, unmask::SoftmaxStats&);
+
+// The widest variant this CPU runs (simd::best_isa, LEAPDEC_CPU_ISA lowers it).
+GreedyRowStatsFn greedy_row_stats_for_cpu() {
+#ifdef LEAPDEC_SIMD_X86
+  switch (simd::best_isa()) {
+    case simd::Isa::kAvx512: return &greedy_row_stats_avx512;
+    case simd::Isa::kAvx2: return &greedy_row_stats_avx2;
+    case simd::Isa::kBase: break;
+  }
+#endif
+  return &greedy_row_stats_base;
+}
+
 // Phase 1: predicted / confidence / entropy [B, L] of every processed position.
 // Returns the first invalid position (b * L + l), or -1 when every processed one is valid.
 template <typename T>
@@ -132,6 +162,7 @@ int64_t position_stats(const T* logits, const bool* masked, const int* block_sta
   const int64_t L = p.seq_len, V = p.vocab, n = static_cast<int64_t>(p.batch) * L;
   const bool sample = p.temperature > 0.f;
   std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
+  const GreedyRowStatsFn greedy_row_stats = greedy_row_stats_for_cpu();
   at::parallel_for(0, n, std::max<int64_t>(1, kParallelElems / V), [&](int64_t begin, int64_t end) {
     float x[kChunk], score[kChunk];
     for (int64_t pos = begin; pos < end; ++pos) {

@@ -216,30 +216,5 @@ LEAPDEC_SIMD_INLINE vf<W> exp_nonpos(vf<W> x) {
   return x < lo ? vf<W>{} : y * two_n;
 }
 
-// ---------------------------------------------------------------- fixed 16-lane API
-// The first version of this header: 16-lane vectors in functions marked LEAPDEC_CPU_CLONES
-// (GCC function multiversioning). Kept for existing callers; new code should use the W
-// templates above with run-time ISA dispatch, because on a CPU without AVX-512 the compiler
-// splits 16-lane vectors into narrower pieces through memory, which is several times slower.
-
-#if defined(__x86_64__) && defined(__linux__) && !defined(__clang__) && __GNUC__ >= 12
-#define LEAPDEC_CPU_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LEAPDEC_CPU_CLONES
-#endif
-
-constexpr int kLanes = 16;
-typedef vf<16> f32x16;
-typedef vi<16> i32x16;
-
-LEAPDEC_SIMD_INLINE f32x16 load(const float* p) { return load<16>(p); }
-LEAPDEC_SIMD_INLINE void store(float* p, f32x16 v) { store<16>(p, v); }
-LEAPDEC_SIMD_INLINE f32x16 splat(float x) { return splat<16>(x); }
-LEAPDEC_SIMD_INLINE f32x16 vmax(f32x16 a, f32x16 b) { return vmax<16>(a, b); }
-LEAPDEC_SIMD_INLINE float hsum(f32x16 v) { return hsum<16>(v); }
-LEAPDEC_SIMD_INLINE float hmax(f32x16 v) { return hmax<16>(v); }
-LEAPDEC_SIMD_INLINE f32x16 exp_nonpos(f32x16 x) { return exp_nonpos<16>(x); }
-
 }  // namespace leapdec::simd
 

@@ -566,3 +566,36 @@ def test_bad_inputs(device):
     if device.type == "cuda":
         with pytest.raises(RuntimeError, match="same device"):
             call(tokens=tokens.cpu())
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_narrower_isa_builds(isa):
+    """The greedy statistics pass is compiled for AVX-512, AVX2 and the baseline ISA and runs
+    the widest the CPU has; LEAPDEC_CPU_ISA lowers it, so the other builds are checked here
+    (vocabularies at and off the vector widths, a NaN row rejected)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(here.parent)!r}, {str(here)!r}]
+        import pytest, torch
+        from test_unmask_and_filter import assert_matches_reference, make_case, policy_kwargs
+        from leapdec.ops import unmask_and_filter
+        for vocab in (4, 5, 8, 16, 37, 509):
+            for policy in ("topk", "threshold", "entropy"):
+                logits, tokens, masked = make_case(3, 9, vocab, "cpu", seed=vocab)
+                assert_matches_reference(logits, tokens, masked, policy, **policy_kwargs(policy, 3, 9))
+        logits, tokens, masked = make_case(1, 4, 37, "cpu")
+        logits[0, :, 20] = float("nan")
+        with pytest.raises(RuntimeError, match="logits"):
+            unmask_and_filter(logits, tokens, torch.ones_like(masked), "topk", k=1)
+    """)
+    env = dict(os.environ, LEAPDEC_CPU_ISA=isa)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -27,7 +27,9 @@ def test_bench_diffusion_quick(tmp_path, monkeypatch):
     assert base["calls_per_row"] == 64 and base["identical_rows"] == 2 and base["nfe_reduction"] == 1
     for label in ("Learn2PD + EoTP (0.9)", "Fast-dLLM threshold 0.9"):
         assert 1 <= rows[label]["calls_per_row"] <= 64
-    assert (tmp_path / "diffusion.md").read_text().count("\n| ") == 3
+    # "--only" keeps labels by prefix: the baseline, Fast-dLLM and the three EoTP (0.9) rows
+    assert len(rows) == 5 and "Learn2PD + EoTP (0.9), dual cache" in rows
+    assert (tmp_path / "diffusion.md").read_text().count("\n| ") == len(rows) + 1
     assert (tmp_path / "diffusion.png").stat().st_size > 0
 
 

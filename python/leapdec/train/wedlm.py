@@ -78,9 +78,9 @@ PRESETS = {
     # the zoo's stdlib-wedlm: ~20 minutes on an idle 2-core CPU from stdlib-ar (0.2 s/step)
     "default": Preset(seq_len=128, block_size=16, batch_size=8, lr=5e-4, steps=6000, warmup=100,
                       eval_every=250),
-    # the zoo's stdlib-wedlm: "default" with half of each batch self-distilled from stdlib-ar
-    "distill": Preset(seq_len=128, block_size=16, batch_size=8, lr=5e-4, steps=3000, warmup=100,
-                      eval_every=250, distill_share=0.5, distill_prompts=768, distill_gen_len=64),
+    # the zoo's stdlib-wedlm: "default" with 3/4 of each batch self-distilled from stdlib-ar
+    "distill": Preset(seq_len=128, block_size=16, batch_size=8, lr=5e-4, steps=6000, warmup=100,
+                      eval_every=250, distill_share=0.75, distill_prompts=2048, distill_gen_len=64),
 }
 
 

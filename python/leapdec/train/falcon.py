@@ -39,7 +39,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from leapdec import zoo
 from leapdec.decoding import generate
@@ -47,6 +46,7 @@ from leapdec.decoding.falcon import DEFAULT_TREE
 from leapdec.models import load_checkpoint
 from leapdec.models.drafter import CONFIG_FILE, WEIGHTS_FILE, FalconDrafter
 from leapdec.train import cards, corpus
+from leapdec.train.budget import Budget, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
 
 IGNORE = -100
@@ -239,11 +239,6 @@ def decode_eval(model, drafter, prompts: list[list[int]], max_new_tokens: int, t
 
 # ----------------------------------------------------------------------------- recipe
 
-def _lr_at(p: Preset, step: int, progress: float) -> float:
-    if step < p.warmup:
-        return p.lr * (step + 1) / p.warmup
-    return p.lr * (p.min_lr_ratio + (1 - p.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
 
 def command_line(base, preset, out_dir, steps, seconds, device, seed, threads) -> str:
     """The ``python -m leapdec.train falcon ...`` command that reproduces a call."""
@@ -335,17 +330,10 @@ def train_falcon(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
                         "heldout_block_accuracy": ev["block_accuracy"]})
 
     record(heldout_metrics(drafter, model, held_targets, p), 0.0)
-    bar = tqdm(total=steps if seconds is None else round(seconds), disable=not progress,
-               unit="step" if seconds is None else "s", desc=f"falcon/{preset}")
-    train_start = time.perf_counter()
-    last_bar = 0.0
-    while True:
-        elapsed = time.perf_counter() - train_start
-        if (steps is not None and step >= steps) or (seconds is not None and elapsed >= seconds):
-            break
-        frac = max(step / steps if steps else 0.0, elapsed / seconds if seconds else 0.0)
+    budget = Budget(steps, seconds, f"falcon/{preset}", progress)
+    while (frac := budget.progress(step)) is not None:
         for group in opt.param_groups:
-            group["lr"] = _lr_at(p, step, frac)
+            group["lr"] = cosine_lr(p.lr, p.warmup, p.min_lr_ratio, step, frac)
         lam = p.lambda_start + (p.lambda_end - p.lambda_start) * min(frac, 1.0)
         t = make_targets(model, mixed_batch(windows, distilled, n_distill, p.seq_len, gen).to(device), k)
         offset = int(torch.randint(0, k, (1,), generator=gen))
@@ -368,17 +356,11 @@ def train_falcon(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
         if not math.isfinite(value):
             raise FloatingPointError(f"training diverged at step {step} (loss {value})")
         ema = value if ema is None else 0.95 * ema + 0.05 * value
-        if seconds is None:
-            bar.update(1)
-        else:
-            now = min(time.perf_counter() - train_start, seconds)
-            bar.update(round(now) - round(last_bar))
-            last_bar = now
-        bar.set_postfix(loss=f"{ema:.3f}", lam=f"{lam:.2f}")
+        budget.tick()
+        budget.bar.set_postfix(loss=f"{ema:.3f}", lam=f"{lam:.2f}")
         if step % p.eval_every == 0:
-            record(heldout_metrics(drafter, model, held_targets, p), time.perf_counter() - train_start)
-    bar.close()
-    train_s = time.perf_counter() - train_start
+            record(heldout_metrics(drafter, model, held_targets, p), budget.seconds)
+    train_s = budget.close()
     final = heldout_metrics(drafter, model, held_targets, p)
     if history[-1]["step"] != step:
         record(final, train_s)

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from leapdec.models import ModelConfig, Transformer, load_checkpoint, save_checkpoint
 from leapdec.train import cards, corpus
+from leapdec.train.budget import Budget, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
 
 OBJECTIVES = ("ar", "mdm")
@@ -295,13 +296,6 @@ def greedy_sample(model, prompt: list[int], new_tokens: int, eos: int) -> list[i
 
 # ----------------------------------------------------------------------------- recipe
 
-def _lr_at(preset: Preset, step: int, progress: float) -> float:
-    if step < preset.warmup:
-        return preset.lr * (step + 1) / preset.warmup
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return preset.lr * (preset.min_lr_ratio + (1 - preset.min_lr_ratio) * cosine)
-
-
 def _optimizer(model, preset: Preset, device: torch.device):
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -423,30 +417,23 @@ def train_lm(objective: str = "ar", preset: str = "default", out_dir="stdlib-ar"
     else:                             # SFT rows only
         windows = iter(lambda: torch.empty(0, p.seq_len, dtype=torch.long), None)
     history, ema, step, tokens_seen = [], None, 0, 0
-    bar = tqdm(total=steps if seconds is None else round(seconds), disable=not progress,
-               unit="step" if seconds is None else "s", desc=f"{objective}/{name}")
-    train_start = time.perf_counter()
-    last_bar = 0.0
+    budget = Budget(steps, seconds, f"{objective}/{name}", progress)
 
     def quick_eval():
         loss, _ = heldout_loss(model, quick_stream, objective, p.seq_len, p.quick_windows,
                                eps=p.mask_eps)
         history.append({"step": step, "tokens": tokens_seen,
-                        "seconds": round(time.perf_counter() - train_start, 1),
+                        "seconds": round(budget.seconds, 1),
                         "train_loss": round(ema, 4) if ema is not None else None,
                         "heldout_loss": round(loss, 4)})
-        bar.set_postfix(train=f"{ema:.3f}" if ema is not None else "-", heldout=f"{loss:.3f}")
+        budget.bar.set_postfix(train=f"{ema:.3f}" if ema is not None else "-", heldout=f"{loss:.3f}")
         tqdm.write(f"step {step}: {tokens_seen:,} tokens, {history[-1]['seconds']:.0f} s, train loss "
                    f"{history[-1]['train_loss']}, quick held-out loss {loss:.4f}", file=sys.stderr)
 
     quick_eval()                      # step 0: the starting point of the loss curve
 
-    while True:
-        elapsed = time.perf_counter() - train_start
-        if (steps is not None and step >= steps) or (seconds is not None and elapsed >= seconds):
-            break
-        progress_frac = max(step / steps if steps else 0.0, elapsed / seconds if seconds else 0.0)
-        lr = _lr_at(p, step, progress_frac)
+    while (frac := budget.progress(step)) is not None:
+        lr = cosine_lr(p.lr, p.warmup, p.min_lr_ratio, step, frac)
         for group in opt.param_groups:
             group["lr"] = lr
         batch = next(windows)
@@ -481,18 +468,12 @@ def train_lm(objective: str = "ar", preset: str = "default", out_dir="stdlib-ar"
         if not math.isfinite(value):
             raise FloatingPointError(f"training diverged at step {step} (loss {value})")
         ema = value if ema is None else 0.95 * ema + 0.05 * value
-        if seconds is None:
-            bar.update(1)
-        else:
-            now = min(time.perf_counter() - train_start, seconds)
-            bar.update(round(now) - round(last_bar))
-            last_bar = now
+        budget.tick()
         if step % p.eval_every == 0:
             quick_eval()
     if not history or history[-1]["step"] != step:
         quick_eval()
-    bar.close()
-    train_s = time.perf_counter() - train_start
+    train_s = budget.close()
 
     # --- save, then evaluate what was saved
     model.eval()

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from leapdec import zoo
 from leapdec.models import Transformer, load_checkpoint, save_checkpoint
 from leapdec.train import cards, corpus
+from leapdec.train.budget import Budget, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
 
 MAX_FILE_BYTES = 16_000_000
@@ -281,13 +282,6 @@ def distilled_windows(model: Transformer, stream: torch.Tensor, p: Preset, seed:
 
 # ----------------------------------------------------------------------------- recipe
 
-def _lr_at(p: Preset, step: int, progress: float) -> float:
-    if step < p.warmup:
-        return p.lr * (step + 1) / p.warmup
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return p.lr * (p.min_lr_ratio + (1 - p.min_lr_ratio) * cosine)
-
-
 def command_line(init_from, out_dir, preset, steps, seconds, device, seed, threads) -> str:
     """The ``python -m leapdec.train wedlm ...`` command that reproduces a call."""
     args = ["python", "-m", "leapdec.train", "wedlm", "--init-from", str(init_from), "--out", str(out_dir),
@@ -366,17 +360,10 @@ def train_wedlm(init_from="stdlib-ar", out_dir="stdlib-wedlm", preset: str = "de
     start_eval = heldout_losses(model, heldout_stream, p, ids["mask"], seed=seed)
     history.append({"step": 0, "tokens": 0, "seconds": 0.0, "train_loss": None,
                     "heldout_loss": round(start_eval["mlm"], 4), "heldout_ar": round(start_eval["ar"], 4)})
-    bar = tqdm(total=steps if seconds is None else round(seconds), disable=not progress,
-               unit="step" if seconds is None else "s", desc=f"wedlm/{preset}")
-    train_start = time.perf_counter()
-    last_bar = 0.0
-    while True:
-        elapsed = time.perf_counter() - train_start
-        if (steps is not None and step >= steps) or (seconds is not None and elapsed >= seconds):
-            break
-        frac = max(step / steps if steps else 0.0, elapsed / seconds if seconds else 0.0)
+    budget = Budget(steps, seconds, f"wedlm/{preset}", progress)
+    while (frac := budget.progress(step)) is not None:
         for group in opt.param_groups:
-            group["lr"] = _lr_at(p, step, frac)
+            group["lr"] = cosine_lr(p.lr, p.warmup, p.min_lr_ratio, step, frac)
         x0 = next(windows)
         if n_distill:
             rows = torch.randint(0, len(distilled), (n_distill,), generator=gen)
@@ -393,21 +380,15 @@ def train_wedlm(init_from="stdlib-ar", out_dir="stdlib-wedlm", preset: str = "de
         if not math.isfinite(value):
             raise FloatingPointError(f"training diverged at step {step} (loss {value})")
         ema = value if ema is None else 0.95 * ema + 0.05 * value
-        if seconds is None:
-            bar.update(1)
-        else:
-            now = min(time.perf_counter() - train_start, seconds)
-            bar.update(round(now) - round(last_bar))
-            last_bar = now
+        budget.tick()
         if step % p.eval_every == 0:
             ev = heldout_losses(model, heldout_stream, p, ids["mask"], seed=seed)
             history.append({"step": step, "tokens": tokens_seen,
-                            "seconds": round(time.perf_counter() - train_start, 1),
+                            "seconds": round(budget.seconds, 1),
                             "train_loss": round(ema, 4), "heldout_loss": round(ev["mlm"], 4),
                             "heldout_ar": round(ev["ar"], 4)})
-            bar.set_postfix(train=f"{ema:.3f}", mlm=f"{ev['mlm']:.3f}", ar=f"{ev['ar']:.3f}")
-    bar.close()
-    train_s = time.perf_counter() - train_start
+            budget.bar.set_postfix(train=f"{ema:.3f}", mlm=f"{ev['mlm']:.3f}", ar=f"{ev['ar']:.3f}")
+    train_s = budget.close()
 
     # --- save, then evaluate what was saved
     model.eval()

@@ -1,0 +1,57 @@
+"""The training budget shared by the recipes: stop after ``steps`` optimizer steps or
+``seconds`` of training, whichever comes first, with a progress bar in the unit of the budget,
+and the warmup + cosine learning-rate schedule that follows the same budget."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from tqdm.auto import tqdm
+
+
+def cosine_lr(lr: float, warmup: int, min_lr_ratio: float, step: int, progress: float) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine from ``lr`` to ``lr * min_lr_ratio`` as
+    ``progress`` (the spent share of the budget) goes from 0 to 1."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * cosine)
+
+
+class Budget:
+    """``progress(step)`` before each step (``None`` once the budget is spent), ``tick()`` after
+    it, ``close()`` at the end (returns the training seconds). ``seconds`` reads the clock."""
+
+    def __init__(self, steps: int | None, seconds: float | None, desc: str, progress: bool = True):
+        self.steps, self.budget_s = steps, seconds
+        self.bar = tqdm(total=steps if seconds is None else round(seconds), disable=not progress,
+                        unit="step" if seconds is None else "s", desc=desc)
+        self.start = time.perf_counter()
+        self._last = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def progress(self, step: int) -> float | None:
+        """The spent share of the budget before ``step``, or ``None`` when it is spent."""
+        elapsed = self.seconds
+        if (self.steps is not None and step >= self.steps) or \
+                (self.budget_s is not None and elapsed >= self.budget_s):
+            return None
+        return max(step / self.steps if self.steps else 0.0,
+                   elapsed / self.budget_s if self.budget_s else 0.0)
+
+    def tick(self) -> None:
+        """One step done: advance the bar (by a step, or by the seconds it took)."""
+        if self.budget_s is None:
+            self.bar.update(1)
+        else:
+            now = min(self.seconds, self.budget_s)
+            self.bar.update(round(now) - round(self._last))
+            self._last = now
+
+    def close(self) -> float:
+        self.bar.close()
+        return self.seconds

@@ -55,3 +55,16 @@ class Budget:
     def close(self) -> float:
         self.bar.close()
         return self.seconds
+
+
+def add_budget_arguments(parser) -> None:
+    """The command-line options every budgeted recipe takes: ``--steps``, ``--seconds``,
+    ``--device``, ``--seed``, ``--threads``, ``--no-progress``."""
+    import torch
+
+    parser.add_argument("--steps", type=int, help="optimizer steps (budget)")
+    parser.add_argument("--seconds", type=float, help="wall-clock training budget")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")

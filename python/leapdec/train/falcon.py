@@ -46,7 +46,7 @@ from leapdec.decoding.falcon import DEFAULT_TREE
 from leapdec.models import load_checkpoint
 from leapdec.models.drafter import CONFIG_FILE, WEIGHTS_FILE, FalconDrafter
 from leapdec.train import cards, corpus
-from leapdec.train.budget import Budget, cosine_lr
+from leapdec.train.budget import Budget, add_budget_arguments, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
 
 IGNORE = -100
@@ -435,12 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default="stdlib-ar", help="zoo name or checkpoint folder of the target")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--out", help="folder to write (default: <base>/falcon)")
-    parser.add_argument("--steps", type=int, help="optimizer steps (budget)")
-    parser.add_argument("--seconds", type=float, help="wall-clock training budget")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_budget_arguments(parser)
     args = parser.parse_args(argv)
     card = train_falcon(args.base, args.preset, args.out, steps=args.steps, seconds=args.seconds,
                         device=args.device, seed=args.seed, threads=args.threads,

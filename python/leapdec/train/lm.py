@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from leapdec.models import ModelConfig, Transformer, load_checkpoint, save_checkpoint
 from leapdec.train import cards, corpus
-from leapdec.train.budget import Budget, cosine_lr
+from leapdec.train.budget import Budget, add_budget_arguments, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
 
 OBJECTIVES = ("ar", "mdm")
@@ -563,14 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objective", choices=OBJECTIVES, default="ar")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--out", required=True, help="checkpoint folder to write")
-    parser.add_argument("--steps", type=int, help="optimizer steps (budget)")
-    parser.add_argument("--seconds", type=float, help="wall-clock training budget")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    add_budget_arguments(parser)
     parser.add_argument("--tokenizer-dir", help="reuse this folder's tokenizer.json")
     parser.add_argument("--init-from", help="start from this checkpoint directory")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     card = train_lm(args.objective, args.preset, args.out, steps=args.steps, seconds=args.seconds,
                     device=args.device, seed=args.seed, tokenizer_dir=args.tokenizer_dir,

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from leapdec import zoo
 from leapdec.models import Transformer, load_checkpoint, save_checkpoint
 from leapdec.train import cards, corpus
-from leapdec.train.budget import Budget, cosine_lr
+from leapdec.train.budget import Budget, add_budget_arguments, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
 
 MAX_FILE_BYTES = 16_000_000
@@ -469,12 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="causal LM to fine-tune: a zoo name or checkpoint directory")
     parser.add_argument("--out", required=True, help="checkpoint folder to write")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    parser.add_argument("--steps", type=int, help="optimizer steps (budget)")
-    parser.add_argument("--seconds", type=float, help="wall-clock training budget")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_budget_arguments(parser)
     args = parser.parse_args(argv)
     card = train_wedlm(args.init_from, args.out, args.preset, steps=args.steps, seconds=args.seconds,
                        device=args.device, seed=args.seed, threads=args.threads,

@@ -29,6 +29,11 @@ void check_kv_cache(const at::Tensor& k_cache, const at::Tensor& v_cache) {
   check_float_dtype(k_cache, "k_cache", k_cache.is_cuda());
   check_contiguous(k_cache, "k_cache");
   check_contiguous(v_cache, "v_cache");
+  // Zero-sized dimensions would divide by zero in the kernels (slot -> page, GQA group size).
+  TORCH_CHECK(k_cache.size(1) > 0, "k_cache page_size (dim 1) must be positive, got ", k_cache.size(1));
+  TORCH_CHECK(k_cache.size(2) > 0, "k_cache H_kv (number of KV heads, dim 2) must be positive, got ",
+              k_cache.size(2));
+  TORCH_CHECK(k_cache.size(3) > 0, "k_cache head dim D (dim 3) must be positive, got ", k_cache.size(3));
 }
 
 void check_append_args(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cache,
@@ -68,6 +73,7 @@ int check_paged_attention_args(const at::Tensor& out, const std::optional<at::Te
               k_cache.scalar_type(), ", got ", q.scalar_type());
   const int64_t h_kv = k_cache.size(2), d = k_cache.size(3);
   TORCH_CHECK(q.size(2) == d, "q head dim must equal the cache head dim ", d, ", got ", q.size(2));
+  TORCH_CHECK(q.size(1) > 0, "q must have at least one head (H_q > 0), got shape ", q.sizes());
   TORCH_CHECK(q.size(1) % h_kv == 0, "q heads (", q.size(1), ") must be a multiple of the KV heads (",
               h_kv, ")");
   TORCH_CHECK(out.sizes() == q.sizes(), "out must have the shape of q ", q.sizes(), ", got ", out.sizes());
@@ -174,6 +180,7 @@ int64_t check_rope_append_args(const at::Tensor& q, const at::Tensor& k, const a
               k_cache.scalar_type(), ", got ", q.scalar_type());
   check_same_device(q, k_cache, "q", "k_cache");
   check_contiguous(q, "q");
+  TORCH_CHECK(q.size(1) > 0, "q must have at least one head (H_q > 0), got shape ", q.sizes());
   check_dtype(positions, at::kLong, "positions");
   check_dim(positions, 1, "positions", "int64 vector [N]");
   TORCH_CHECK(positions.size(0) == n, "positions must have one entry per row of k (", n, "), got ",

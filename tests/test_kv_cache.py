@@ -191,3 +191,36 @@ def test_bad_arguments():
         cache.append([s, s], [1, 1])
     with pytest.raises(ValueError, match="positive"):
         PagedKVCache(1, H, D, num_pages=0)
+
+
+@pytest.mark.parametrize("field", ["num_kv_heads", "head_dim", "page_size", "num_layers"])
+def test_zero_sizes_are_rejected_at_creation(field):
+    """A cache with zero KV heads, head_dim or page size would reach paged_attention (SIGFPE)."""
+    args = dict(num_layers=1, num_kv_heads=H, head_dim=D, num_pages=2, page_size=2)
+    args[field] = 0
+    with pytest.raises(ValueError, match=f"{field} must be a positive integer, got 0"):
+        PagedKVCache(**args)
+
+
+def test_plan_needs_one_qo_len_per_sequence():
+    cache = PagedKVCache(1, H, D, num_pages=8, page_size=4)
+    a, b = cache.new_sequence(), cache.new_sequence()
+    cache.append([a, b], [5, 4])
+    with pytest.raises(ValueError, match="2 sequences, 1 qo_lens"):
+        cache.plan([a, b], [1])
+    with pytest.raises(ValueError, match="1 sequences, 2 qo_lens"):
+        cache.plan([a], [1, 1])
+    with pytest.raises(ValueError, match="qo_lens must be >= 0"):
+        cache.plan([a], [-1])
+
+
+def test_compact_rejects_negative_or_past_the_end_start():
+    cache = PagedKVCache(1, H, D, num_pages=8, page_size=4)
+    s = cache.new_sequence()
+    cache.append([s], [6])
+    pages = cache.pages(s)
+    with pytest.raises(ValueError, match="start must be in"):
+        cache.compact(s, -1, [0, 1])
+    with pytest.raises(ValueError, match="start must be in"):
+        cache.compact(s, 7, [])
+    assert cache.seq_len(s) == 6 and cache.pages(s) == pages

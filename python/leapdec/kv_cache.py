@@ -11,6 +11,7 @@ copies it (copy-on-write). ``truncate`` rolls a sequence back (speculative decod
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -43,8 +44,16 @@ class PagedKVCache:
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, num_pages: int,
                  page_size: int = 16, dtype: torch.dtype = torch.float32, device="cpu"):
-        if page_size <= 0 or num_pages <= 0 or num_layers <= 0:
-            raise ValueError("num_layers, num_pages and page_size must be positive")
+        sizes = {}
+        for name, value in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
+                            ("num_pages", num_pages), ("page_size", page_size)):
+            try:
+                sizes[name] = operator.index(value)
+            except TypeError:
+                sizes[name] = None
+            if sizes[name] is None or isinstance(value, bool) or sizes[name] <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        num_layers, num_kv_heads, head_dim, num_pages, page_size = sizes.values()
         shape = (num_pages, page_size, num_kv_heads, head_dim)
         self.k_caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v_caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -190,6 +199,8 @@ class PagedKVCache:
         ``start, start+1, ...`` and truncate the rest: the accepted path of a verified tree
         becomes contiguous and the rejected tree slots are freed."""
         self._check(seq)
+        if not 0 <= start <= self._lens[seq]:
+            raise ValueError(f"start must be in [0, {self._lens[seq]}] (the length of sequence {seq}), got {start}")
         if any(b <= a for a, b in zip(keep, keep[1:])) or (keep and (keep[0] < start or keep[-1] >= self._lens[seq])):
             raise ValueError(f"keep must be ascending positions in [{start}, {self._lens[seq]})")
         moves = [(p, start + i) for i, p in enumerate(keep) if p != start + i]
@@ -208,11 +219,16 @@ class PagedKVCache:
     # ------------------------------------------------------------------ attention metadata
     def plan(self, seqs: list[int], qo_lens: list[int]) -> AttentionPlan:
         """Index tensors for ``paged_attention`` over ``seqs`` whose last ``qo_lens[i]`` positions are queries."""
+        seqs, qo_lens = list(seqs), list(qo_lens)
+        if len(seqs) != len(qo_lens):
+            raise ValueError(f"plan needs one qo_len per sequence: {len(seqs)} sequences, {len(qo_lens)} qo_lens")
         kv_indptr, kv_indices, last, qo_indptr = [0], [], [], [0]
         max_kv = 0
         for s, q in zip(seqs, qo_lens):
             self._check(s)
             length = self._lens[s]
+            if q < 0:
+                raise ValueError(f"qo_lens must be >= 0, got {q} for sequence {s}")
             if q > length:
                 raise ValueError(f"sequence {s} has {length} positions, fewer than its {q} queries")
             pages = self._pages[s]

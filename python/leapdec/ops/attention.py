@@ -84,7 +84,7 @@ def paged_attention(q, k_cache, v_cache, qo_indptr, kv_indptr, kv_indices, kv_la
     else:
         custom_mask = mask_indptr = None
     if sm_scale is None:
-        sm_scale = 1.0 / math.sqrt(q.shape[-1])
+        sm_scale = 1.0 / math.sqrt(max(q.shape[-1], 1))   # D = 0 is rejected by the op
     if should_check_cuda_values(kv_indices):
         _check_values_on_host(q, k_cache, qo_indptr, kv_indptr, kv_indices, kv_last_page_len,
                               custom_mask, mask_indptr)

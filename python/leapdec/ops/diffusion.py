@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import torch
 
-from leapdec.ops._lib import OPS, as_int32, should_check_cuda_values
+from leapdec.ops._lib import INT32_MAX, INT32_MIN, OPS, as_int32, should_check_cuda_values
 
 POLICIES = ("topk", "threshold", "factor", "learned", "entropy")
 DEFAULT_THRESHOLD = {"threshold": 0.9, "entropy": 0.4}  # Fast-dLLM tau, WeDLM entropy threshold
@@ -48,6 +48,8 @@ def _num_splits(rows: int, vocab: int, device: torch.device) -> int:
 def _per_row(value, batch: int, device, name: str, dtype=torch.int32) -> torch.Tensor:
     """An int or a [B] tensor as a contiguous [B] tensor of ``dtype`` on ``device``."""
     if isinstance(value, int):
+        if dtype == torch.int32 and not INT32_MIN <= value <= INT32_MAX:
+            raise RuntimeError(f"{name} = {value} is outside the int32 range [{INT32_MIN}, {INT32_MAX}]")
         return torch.full((batch,), value, dtype=dtype, device=device)
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be an int or a [B] tensor, got {type(value).__name__}")

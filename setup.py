@@ -1,7 +1,13 @@
 """Builds leapdec._C with CMake (vLLM-style CMakeExtension + build_ext).
 
 Environment: LEAPDEC_CUDA=auto|0|1 (CUDA kernels), TORCH_CUDA_ARCH_LIST (e.g. "8.0;9.0a"),
-MAX_JOBS (parallel compile jobs), CUDA_HOME (nvcc location).
+MAX_JOBS (parallel compile jobs), CUDA_HOME (nvcc location), LEAPDEC_BUILD_DIR (the CMake build
+folder; default: under setuptools' build_temp, or ``build/<tag>`` of the checkout for editable
+installs so that ``make install`` rebuilds incrementally).
+
+The extension is ABI-bound to the torch it is compiled against, so the wheel requires exactly
+that torch release (``torch==<build version>``, as vLLM does) and ``leapdec.build_info()``
+reports it beside the running one.
 """
 
 import os
@@ -13,6 +19,21 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VERSION = "0.1.0"
+# Runtime dependencies besides torch (torch is pinned to the build's version below).
+DEPENDENCIES = ["numpy", "safetensors", "tokenizers>=0.19", "tqdm", "matplotlib"]
+
+
+def torch_requirement() -> str:
+    """``torch==X.Y.Z``: the release of the torch this build compiles against (its public version;
+    the local label such as ``+cpu`` or ``+cu130`` is dropped so either build satisfies it).
+
+    Without torch importable (metadata-only steps such as building the sdist in a bare
+    environment) the requirement is left open; the wheel is always built with torch present."""
+    try:
+        import torch
+    except ImportError:
+        return "torch>=2.4"
+    return f"torch=={torch.__version__.split('+')[0]}"
 
 
 def _cmake_binary() -> str:
@@ -35,14 +56,25 @@ class CMakeExtension(Extension):
 
 
 class CMakeBuild(build_ext):
+    def cmake_build_dir(self, tag: str) -> str:
+        """The CMake build folder, never inside the package sources: LEAPDEC_BUILD_DIR if set; for
+        an editable install (``make install``) a persistent ``build/<tag>`` of the checkout, since
+        setuptools gives editable builds a fresh temporary build_temp and ninja could not rebuild
+        incrementally there; otherwise ``<build_temp>/<tag>`` (a temporary folder under
+        ``python -m build`` and ``pip install`` from an sdist)."""
+        if os.environ.get("LEAPDEC_BUILD_DIR"):
+            return os.path.abspath(os.environ["LEAPDEC_BUILD_DIR"])
+        if getattr(self, "editable_mode", False):
+            return os.path.join(ROOT, "build", tag)
+        return os.path.join(os.path.abspath(self.build_temp), tag)
+
     def build_extension(self, ext: CMakeExtension) -> None:
         import pybind11  # noqa: F401  (fail early with a clear error if missing)
         import torch.utils
 
         out_dir = os.path.abspath(os.path.dirname(self.get_ext_fullpath(ext.name)))
-        # A persistent build folder per torch build, so rebuilds are incremental (ninja).
         tag = f"{sys.implementation.cache_tag}-torch{torch.__version__}-cuda{os.environ.get('LEAPDEC_CUDA', 'auto')}"
-        build_dir = os.path.join(ROOT, "build", tag.replace("+", "_"))
+        build_dir = self.cmake_build_dir(tag.replace("+", "_"))
         os.makedirs(build_dir, exist_ok=True)
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
         args = [
@@ -52,6 +84,7 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={os.environ.get('CMAKE_BUILD_TYPE', 'Release')}",
             f"-DLEAPDEC_CUDA={os.environ.get('LEAPDEC_CUDA', 'auto')}",
             f"-DLEAPDEC_VERSION={VERSION}",
+            f"-DLEAPDEC_TORCH_VERSION={torch.__version__}",
         ]
         try:
             import ninja  # noqa: F401
@@ -68,6 +101,7 @@ setup(
     version=VERSION,
     package_dir={"": "python"},
     packages=find_packages("python"),
+    install_requires=[torch_requirement(), *DEPENDENCIES],
     package_data={"leapdec": ["zoo/**/*", "py.typed"]},
     include_package_data=True,
     ext_modules=[CMakeExtension("leapdec._C")],

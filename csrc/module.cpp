@@ -15,6 +15,11 @@ namespace py = pybind11;
 #ifndef LEAPDEC_VERSION
 #define LEAPDEC_VERSION "0.0.0"
 #endif
+// The torch this extension was compiled against (torch.__version__ at build time, set by CMake):
+// the extension is ABI-bound to it, so leapdec/__init__.py compares it with the running torch.
+#ifndef LEAPDEC_TORCH_VERSION
+#define LEAPDEC_TORCH_VERSION ""
+#endif
 
 namespace {
 
@@ -33,6 +38,7 @@ py::dict build_info() {
   info["cutlass"] = false;
 #endif
   info["compiler"] = std::string(__VERSION__);
+  info["torch_compiled"] = std::string(LEAPDEC_TORCH_VERSION);
   return info;
 }
 
@@ -40,7 +46,7 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "leapdec compiled extension: torch ops (torch.ops.leapdec.*) and host helpers";
-  m.def("build_info", &build_info, "version, CUDA on/off, CUDA archs, CUTLASS, compiler of this build");
+  m.def("build_info", &build_info, "version, CUDA on/off, CUDA archs, CUTLASS, compiler and torch version of this build");
 
   py::register_exception<leapdec::OutOfPages>(m, "OutOfPagesError", PyExc_MemoryError);
 

@@ -132,3 +132,57 @@ def test_zoo_resolve_and_load_model(tmp_path, monkeypatch, hf_tiny):
         zoo.resolve(fake_zoo / "not-a-model")
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         load_tokenizer("tiny-ar")
+
+
+def test_tied_config_with_a_different_stored_head_keeps_the_head(tmp_path, hf_tiny):
+    """transformers keeps a stored lm_head.weight that differs from the embeddings even when the
+    config says tie_word_embeddings (and warns); loading it tied put the logits off."""
+    import transformers
+
+    path = _copy(hf_tiny("llama", tie_word_embeddings=True)[0], tmp_path / "ckpt")
+    state = load_file(str(path / "model.safetensors"))
+    state["lm_head.weight"] = state["model.embed_tokens.weight"] * -0.5 + 0.25
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match="keeping the stored head untied"):
+        model = load_checkpoint(path)
+    assert model.lm_head.weight is not model.embed_tokens.weight
+    assert torch.equal(model.lm_head.weight, state["lm_head.weight"])
+    assert torch.equal(model.embed_tokens.weight, state["model.embed_tokens.weight"])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path)).float().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.logits(IDS), hf(IDS).logits, atol=1e-4, rtol=1e-4)
+    # an equal stored copy stays tied, silently
+    state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = load_checkpoint(path)
+    assert model.lm_head.weight is model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_unreadable_safetensors_name_the_file(tmp_path, hf_tiny, damage):
+    path = _copy(hf_tiny("llama")[0], tmp_path / "ckpt")
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not a safetensors file" * 9,
+                         "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match=r"ckpt/model\.safetensors is not a readable safetensors file"):
+        load_checkpoint(path)
+
+
+def test_unreadable_companion_weights_name_the_file(tmp_path):
+    from leapdec.models.drafter import FalconDrafter
+    from leapdec.models.heads import MedusaHeads
+
+    heads = MedusaHeads(2, 64, 128, 1).save(tmp_path / "heads")
+    (heads / "medusa_heads.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(ValueError, match=r"heads/medusa_heads\.safetensors is not a readable safetensors"):
+        MedusaHeads.load(heads)
+    model = tiny_model("llama", seed=1)
+    drafter = FalconDrafter.for_base(model, num_layers=1, block_size=2).save(tmp_path / "drafter")
+    weights = drafter / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"drafter/model\.safetensors is not a readable safetensors"):
+        FalconDrafter.load(drafter)

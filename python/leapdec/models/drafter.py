@@ -23,11 +23,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from leapdec.kv_cache import PagedKVCache
 from leapdec.models.config import ModelConfig
+from leapdec.models.loading import read_safetensors
 from leapdec.models.transformer import MASK_MODES, DecoderLayer, RMSNorm, StepInput
 from leapdec.reference import rope_cos_sin_cache
 
@@ -199,7 +200,7 @@ class FalconDrafter(nn.Module):
         cfg = json.loads(cfg_path.read_text())
         if cfg.get("kind") != KIND:
             raise ValueError(f"directory: {cfg_path} is not a Falcon drafter config (kind {cfg.get('kind')!r})")
-        state = load_file(str(weights))
+        state = read_safetensors(weights)
         dtype = dtype if dtype is not None else next(iter(state.values())).dtype
         drafter = cls(ModelConfig.from_hf_dict(cfg["layers"]), int(cfg["block_size"]), device="meta",
                       dtype=dtype, meta=cfg.get("meta"))

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from leapdec.models.loading import read_safetensors
 
 WEIGHTS_FILE = "medusa_heads.safetensors"
 CONFIG_FILE = "config.json"
@@ -139,7 +141,7 @@ class MedusaHeads(nn.Module):
         missing = [k for k in _SHAPE_KEYS if k not in cfg]
         if missing:
             raise ValueError(f"heads: {cfg_path} lacks {missing}")
-        state = load_file(str(weights), device=str(device))
+        state = read_safetensors(weights, device=str(device))
         if dtype is None:
             dtype = next(iter(state.values())).dtype
         meta = {k: v for k, v in cfg.items() if k not in _SHAPE_KEYS}

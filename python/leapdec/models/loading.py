@@ -8,13 +8,15 @@ is ``lm_head.weight`` (absent when the embeddings are tied).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
 from leapdec.models.config import ModelConfig
 from leapdec.models.transformer import Transformer
@@ -28,6 +30,34 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 class CheckpointError(ValueError):
     """A checkpoint directory whose weights do not fit its config (names the tensor)."""
+
+
+def _unreadable(file, e: Exception, error=None) -> Exception:
+    error = error or CheckpointError
+    return error(f"{file} is not a readable safetensors file (truncated, corrupt or not safetensors): {e}")
+
+
+@contextlib.contextmanager
+def open_safetensors(file, device: str = "cpu", error=None):
+    """``safe_open(file)``; a truncated or garbage file raises ``error`` (default
+    ``CheckpointError``) naming the file instead of a bare ``SafetensorError``."""
+    try:
+        handle = safe_open(str(file), framework="pt", device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise _unreadable(file, e, error) from None
+    with handle as f:
+        try:
+            yield f
+        except SafetensorError as e:
+            raise _unreadable(file, e, error) from None
+
+
+def read_safetensors(file, device: str = "cpu", error=None) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file (``load_file``), with the file named on failure."""
+    try:
+        return load_file(str(file), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise _unreadable(file, e, error) from None
 
 
 def hf_name(name: str) -> str:
@@ -57,7 +87,7 @@ def _weight_files(path: Path) -> dict[str, Path]:
         return files
     single = path / SINGLE_FILE
     if single.is_file():
-        with safe_open(str(single), framework="pt") as f:
+        with open_safetensors(single) as f:
             return {name: single for name in f.keys()}
     others = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".safetensors"))
     hint = f" (found {', '.join(others)}; only safetensors checkpoints are supported)" if others else ""
@@ -91,12 +121,28 @@ def load_checkpoint(path, device="cpu", dtype=None) -> Transformer:
     files = _weight_files(path)
     device = torch.device(device)
 
-    model = Transformer(config, device="meta", init_std=None)
-    expected = {name: p for name, p in model.named_parameters()}   # tied lm_head appears once
     tied = config.tie_word_embeddings
+    # transformers' rule: tie_word_embeddings with a stored lm_head.weight that differs from the
+    # embeddings keeps the stored head (untied), with a warning; an equal copy stays tied.
+    stored_head = None
+    if tied and "lm_head.weight" in files and "model.embed_tokens.weight" in files:
+        with open_safetensors(files["lm_head.weight"]) as f:
+            head = f.get_tensor("lm_head.weight")
+        with open_safetensors(files["model.embed_tokens.weight"]) as f:
+            embed = f.get_tensor("model.embed_tokens.weight")
+        if head.shape != embed.shape or not torch.equal(head, embed):
+            warnings.warn(f"{path}: config.json sets tie_word_embeddings but the checkpoint stores an "
+                          f"lm_head.weight different from the embeddings; keeping the stored head untied "
+                          f"(as transformers does). Set tie_word_embeddings to false to silence this.",
+                          stacklevel=2)
+            stored_head = "lm_head.weight"
+    model = Transformer(config, device="meta", init_std=None)
+    if stored_head is not None:
+        model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.lm_head.weight, device="meta"))
+    expected = {name: p for name, p in model.named_parameters()}   # tied lm_head appears once
     names = {}
     for ckpt_name in files:
-        if ckpt_name.endswith(_IGNORED_SUFFIXES) or (tied and ckpt_name == "lm_head.weight"):
+        if ckpt_name.endswith(_IGNORED_SUFFIXES) or (tied and ckpt_name == "lm_head.weight" and stored_head is None):
             continue
         names[our_name(ckpt_name)] = ckpt_name
     missing = [hf_name(n) for n in expected if n not in names]
@@ -114,7 +160,7 @@ def load_checkpoint(path, device="cpu", dtype=None) -> Transformer:
         by_file.setdefault(files[ckpt_name], []).append(name)
     state, target = {}, None
     for file, group in by_file.items():
-        with safe_open(str(file), framework="pt", device="cpu") as f:
+        with open_safetensors(file) as f:
             for name in group:
                 ckpt_name = names[name]
                 t = f.get_tensor(ckpt_name)
@@ -128,7 +174,7 @@ def load_checkpoint(path, device="cpu", dtype=None) -> Transformer:
                     target = _resolve_dtype(dtype, t.dtype, device)
                 state[name] = t.to(device=device, dtype=target)
     model.load_state_dict(state, strict=False, assign=True)
-    if tied:
+    if tied and stored_head is None:
         model.lm_head.weight = model.embed_tokens.weight
     model.checkpoint_dir = path.resolve()
     return model.eval()

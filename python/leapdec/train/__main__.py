@@ -12,6 +12,7 @@ import sys
 RECIPES = {
     "falcon": "leapdec.train.falcon",
     "lm": "leapdec.train.lm",
+    "maskgit": "leapdec.train.maskgit",
     "medusa": "leapdec.train.medusa",
     "tokenizer": "leapdec.train.tokenizer",
     "learn2pd": "leapdec.train.learn2pd",

@@ -97,18 +97,16 @@ echo "leapdec gpu_check: ${GPU_NAME:-unknown GPU}, commit $COMMIT, logs in $OUT_
 if run_step build 300 bash -c build; then
   run_step pytest_cuda 180 "$PY" -m pytest -m cuda -q -p no:cacheprovider --maxfail=10 \
     --junitxml="$OUT_DIR/pytest_cuda.xml"
-  run_step bench_attention 200 "$PY" benchmarks/bench_attention.py --gpu-check --json "$OUT_DIR/bench_attention.json"
+  run_step bench_attention 200 "$PY" benchmarks/bench_attention.py --gpu-check --json "$OUT_DIR/bench_attention.json" \
+    --out "$OUT_DIR/bench_attention"
   for script in benchmarks/bench_*.py; do
     name=$(basename "$script" .py)
     [[ $name == bench_attention ]] && continue
-    grep -q -- "--gpu-check" "$script" || continue
-    extra=()
-    if grep -q -- '"--json"' "$script"; then
-      extra=(--json "$OUT_DIR/$name.json")
-    elif grep -q -- '"--out"' "$script"; then
-      extra=(--out "$OUT_DIR/$name")
-    fi
-    run_step "$name" 150 "$PY" "$script" --gpu-check ${extra[@]+"${extra[@]}"}
+    # the scripts are thin entry points: the flags live in the package module (leapdec.bench.<name>)
+    src=python/leapdec/bench/${name#bench_}.py
+    [[ -f $src ]] || src=$script
+    grep -q -- "--gpu-check" "$src" || continue
+    run_step "$name" 150 "$PY" "$script" --gpu-check --out "$OUT_DIR/$name"
   done
 fi
 

@@ -1,21 +1,15 @@
-"""benchmarks/bench_attention.py --quick runs on CPU, agrees with SDPA and writes its JSON."""
+"""leapdec.bench.attention (`leapdec bench attention`, benchmarks/bench_attention.py) --quick runs
+on CPU, agrees with SDPA and writes its table, JSON and plot with the timing spread."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_attention.py"
-
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_attention", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    import leapdec.bench.attention as bench
+
+    return bench
 
 
 def test_medusa_like_tree_is_a_tree():
@@ -33,9 +27,17 @@ def test_medusa_like_tree_is_a_tree():
 def test_quick_run_writes_json(tmp_path):
     bench = load_bench()
     out = tmp_path / "attention.json"
-    rc = bench.main(["--quick", "--device", "cpu", "--cases", "decode_gqa,tree_b1", "--json", str(out)])
+    rc = bench.main(["--quick", "--device", "cpu", "--cases", "decode_gqa,tree_b1", "--json", str(out),
+                     "--out", str(tmp_path / "out"), "--repeats", "3"])
     assert rc == 0
     report = json.loads(out.read_text())
+    assert json.loads((tmp_path / "out" / "attention.json").read_text()) == report
+    assert (tmp_path / "out" / "attention.md").read_text().count("\n| ") == 3
+    assert (tmp_path / "out" / "attention.png").stat().st_size > 0
+    for r in report["results"]:
+        for key in ("leapdec", "sdpa"):
+            spread = r["spread_us"][key]
+            assert spread["n"] >= 3 and spread["min"] <= spread["median"] == r[f"{key}_us"] <= spread["max"]
     assert [r["name"] for r in report["results"]] == ["decode_gqa", "tree_b1"]
     assert report["copy_bandwidth_bytes_per_s"] > 0 and not report["mismatches"]
     for r in report["results"]:

@@ -1,5 +1,6 @@
-"""Quick runs of the decoding benchmarks on the zoo models: they run, write their tables and
-count model calls as the methods define them."""
+"""Quick runs of the decoding benchmarks on the zoo models through their thin entry points
+(benchmarks/bench_*.py -> leapdec.bench.*): they run, write their tables, JSON and plots with
+the timing spread, and count model calls as the methods define them."""
 
 import json
 import runpy
@@ -20,7 +21,7 @@ def run_script(name, args, monkeypatch):
 
 def test_bench_diffusion_quick(tmp_path, monkeypatch):
     run_script("bench_diffusion.py", ["--quick", "--only", "Learn2PD + EoTP (0.9),Fast-dLLM",
-                                      "--out", str(tmp_path)], monkeypatch)
+                                      "--out", str(tmp_path), "--warmup", "0"], monkeypatch)
     report = json.loads((tmp_path / "diffusion.json").read_text())
     rows = {r["decode"]: r for r in report["rows"]}
     base = rows["LLaDA baseline (steps = gen_length)"]
@@ -31,6 +32,9 @@ def test_bench_diffusion_quick(tmp_path, monkeypatch):
     assert len(rows) == 5 and "Learn2PD + EoTP (0.9), dual cache" in rows
     assert (tmp_path / "diffusion.md").read_text().count("\n| ") == len(rows) + 1
     assert (tmp_path / "diffusion.png").stat().st_size > 0
+    for r in rows.values():     # --quick: 2 timed runs per decode
+        w = r["wall_s_spread"]
+        assert w["n"] == 2 and w["min"] <= w["median"] <= w["max"]
 
 
 def test_bench_wedlm_quick(tmp_path, monkeypatch):
@@ -41,3 +45,7 @@ def test_bench_wedlm_quick(tmp_path, monkeypatch):
     # threshold 0 fills exactly one mask per forward: no more tokens per forward than 1
     assert rows[1]["threshold"] == 0 and rows[1]["tokens_per_forward"] <= 1.0
     assert (tmp_path / "wedlm.png").stat().st_size > 0
+    for r in rows:
+        tps = r["tokens_per_s_spread"]
+        assert tps["n"] == 2 and tps["min"] <= tps["median"] <= tps["max"]
+    assert "[" in (tmp_path / "wedlm.md").read_text(), "tok/s cells show median [min-max]"

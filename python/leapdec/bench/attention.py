@@ -8,14 +8,15 @@ Shapes (fp16 on GPU, float32 on CPU): decode (B=32, L=4096, one query), the same
 positions plus 64 tree queries with an ancestor mask, also with GQA). L is the cached context:
 a decode query is the last of its L positions; tree queries are appended after the L.
 
-Each row reports the median time (CUDA: triton.testing.do_bench with an L2 flush, or CUDA
-events; CPU: time.perf_counter), the speedup over SDPA, the memory-traffic floor (bytes moved
-once: K/V of every request + q + out, over the device copy bandwidth measured in the same run),
-and the max abs error against SDPA.
+Each row reports the time after warm-up over repeated calls as median [min-max] (CUDA:
+triton.testing.do_bench with an L2 flush, or CUDA events; CPU: time.perf_counter), the speedup
+over SDPA (medians), the memory-traffic floor (bytes moved once: K/V of every request + q + out,
+over the device copy bandwidth measured in the same run), and the max abs error against SDPA.
+Writes attention.md, attention.json and attention.png to --out.
 
-    python benchmarks/bench_attention.py              # full shapes on the GPU (small on CPU)
-    python benchmarks/bench_attention.py --quick      # small shapes, < 30 s on 2 CPU cores
-    python benchmarks/bench_attention.py --gpu-check --json out.json   # gpu_check.sh's run
+    leapdec bench attention                           # full shapes on the GPU (small on CPU)
+    leapdec bench attention --quick                   # small shapes, < 30 s on 2 CPU cores
+    python -m leapdec.bench attention --gpu-check --json out.json   # gpu_check.sh's run
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import argparse
 import datetime
 import json
 import math
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from leapdec.bench.common import Spread, add_output_arguments, pyplot, time_calls, writable_dir, writable_file, write_outputs
 from leapdec.ops import paged_attention, set_index_checks
 
 
@@ -205,27 +206,31 @@ def _sdpa_has_gqa() -> bool:
 
 # --------------------------------------------------------------------------- timing
 
-def time_us(fn, device: torch.device, quick: bool) -> float:
-    """Median wall time of fn() in microseconds."""
+WARMUP, REPEATS = 2, 5   # CPU defaults (at least REPEATS timed calls, more within a time budget)
+
+
+def time_spread_us(fn, device: torch.device, quick: bool, warmup: int = WARMUP, repeats: int = REPEATS) -> Spread:
+    """Time of fn() in microseconds over repeated calls after warm-up: median, min, max, quartiles."""
     if device.type == "cuda":
         try:
             from triton.testing import do_bench
-            return 1e3 * do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 100,
-                                  return_mode="median")
-        except ImportError:
-            return _cuda_events_us(fn, reps=20 if quick else 50)
-    fn()
-    times, budget = [], time.perf_counter() + (0.3 if quick else 2.0)
-    while len(times) < 3 or (time.perf_counter() < budget and len(times) < 50):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e6 * statistics.median(times)
+            ms = do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 100, return_mode="all")
+            return Spread.of(ms).scaled(1e3)
+        except (ImportError, TypeError, ValueError):   # no triton, or one without return_mode="all"
+            return _cuda_events_us(fn, warmup=warmup, reps=max(repeats, 20 if quick else 50))
+    return time_calls(fn, device, warmup=warmup, repeats=max(1, repeats), min_seconds=0.3 if quick else 2.0,
+                      max_repeats=50).scaled(1e6)
 
 
-def _cuda_events_us(fn, reps: int) -> float:
+def time_us(fn, device: torch.device, quick: bool) -> float:
+    """Median time of fn() in microseconds."""
+    return time_spread_us(fn, device, quick).median
+
+
+def _cuda_events_us(fn, warmup: int, reps: int) -> Spread:
     flush = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device="cuda")
-    fn()
+    for _ in range(max(1, warmup)):
+        fn()
     times = []
     for _ in range(reps):
         flush.zero_()  # cold L2, like do_bench
@@ -235,7 +240,7 @@ def _cuda_events_us(fn, reps: int) -> float:
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times)
+    return Spread.of(times)
 
 
 def copy_bandwidth(device: torch.device, quick: bool) -> float:
@@ -249,8 +254,14 @@ def copy_bandwidth(device: torch.device, quick: bool) -> float:
 
 # --------------------------------------------------------------------------- main
 
-def run(shapes, device, dtype, quick, flex_for, deadline=None):
+def run(shapes, device, dtype, quick, flex_for, deadline=None, warmup=WARMUP, repeats=REPEATS):
     bandwidth = copy_bandwidth(device, quick)
+
+    def timed(fn, key, row):
+        spread = time_spread_us(fn, device, quick, warmup, repeats)
+        row[f"{key}_us"] = spread.median
+        row.setdefault("spread_us", {})[key] = spread.as_dict()
+
     rows = []
     progress = tqdm(total=len(shapes) * 3, desc="bench_attention", file=sys.stderr, leave=False)
     for shape in shapes:
@@ -258,11 +269,11 @@ def run(shapes, device, dtype, quick, flex_for, deadline=None):
         row = dict(asdict(shape), kv_len=shape.kv_len, dtype=str(dtype).replace("torch.", ""))
         progress.set_postfix_str(f"{shape.name}: leapdec")
         ours = prob.leapdec()
-        row["leapdec_us"] = time_us(prob.leapdec, device, quick)
+        timed(prob.leapdec, "leapdec", row)
         progress.update()
         progress.set_postfix_str(f"{shape.name}: sdpa")
         ref = prob.sdpa()
-        row["sdpa_us"] = time_us(prob.sdpa, device, quick)
+        timed(prob.sdpa, "sdpa", row)
         row["max_abs_err_vs_sdpa"] = (ours.float() - ref.float()).abs().max().item()
         progress.update()
         progress.set_postfix_str(f"{shape.name}: flex")
@@ -277,7 +288,7 @@ def run(shapes, device, dtype, quick, flex_for, deadline=None):
             try:
                 fn = prob.flex()
                 flex_out = fn()
-                row["flex_us"] = time_us(fn, device, quick)
+                timed(fn, "flex", row)
                 row["flex_max_abs_err_vs_sdpa"] = (flex_out.float() - ref.float()).abs().max().item()
             except Exception as exc:  # unavailable or unsupported here: report, keep going
                 row["flex_note"] = f"unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
@@ -294,37 +305,79 @@ def run(shapes, device, dtype, quick, flex_for, deadline=None):
     return bandwidth, rows
 
 
-def format_table(rows, bandwidth, device_name) -> str:
+def format_table(rows, bandwidth, device_name, markdown: bool = False) -> str:
     head = (f"paged_attention on {device_name} (copy bandwidth {bandwidth / 1e9:.0f} GB/s; "
-            f"times in us, median)\n")
+            f"times in us, median [min-max] over repeats after warm-up)\n")
     cols = ["case", "B", "L", "qo", "Hq/Hkv", "D", "leapdec", "SDPA", "Flex", "vs SDPA", "floor",
             "x floor", "max|err|"]
     lines = [cols]
+
+    def cell(r, key):
+        spread = r.get("spread_us", {}).get(key)
+        if spread is None:
+            return "-" if r.get(f"{key}_us") is None else f"{r[f'{key}_us']:.1f}"
+        return Spread(**spread).cell()
+
     for r in rows:
         lines.append([r["name"], str(r["batch"]), str(r["context"]), str(r["queries"]),
-                      f"{r['h_q']}/{r['h_kv']}", str(r["head_dim"]), f"{r['leapdec_us']:.1f}",
-                      f"{r['sdpa_us']:.1f}", "-" if r["flex_us"] is None else f"{r['flex_us']:.1f}",
+                      f"{r['h_q']}/{r['h_kv']}", str(r["head_dim"]), cell(r, "leapdec"),
+                      cell(r, "sdpa"), cell(r, "flex"),
                       f"{r['speedup_vs_sdpa']:.2f}x", f"{r['floor_us']:.1f}",
                       f"{r['leapdec_over_floor']:.2f}", f"{r['max_abs_err_vs_sdpa']:.1e}"])
+    notes = [f"  {r['name']}: Flex {r['flex_note']}" for r in rows if r["flex_note"]]
+    if markdown:
+        out = [head, "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        out += ["| " + " | ".join(line) + " |" for line in lines[1:]]
+        return "\n".join(out + ([""] + [n.strip() for n in notes] if notes else []))
     widths = [max(len(line[i]) for line in lines) for i in range(len(cols))]
     out = [head]
     for k, line in enumerate(lines):
         out.append("  ".join(x.rjust(w) for x, w in zip(line, widths)))
         if k == 0:
             out.append("  ".join("-" * w for w in widths))
-    notes = [f"  {r['name']}: Flex {r['flex_note']}" for r in rows if r["flex_note"]]
     return "\n".join(out + notes)
 
 
+def plot(rows, device_name):
+    """Grouped bars: median time per case for leapdec / SDPA / Flex, min-max as error bars."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
+    width = 0.27
+    for k, (key, label) in enumerate((("leapdec", "leapdec"), ("sdpa", "SDPA"), ("flex", "FlexAttention"))):
+        xs, med, lo, hi = [], [], [], []
+        for i, r in enumerate(rows):
+            spread = r.get("spread_us", {}).get(key)
+            if spread is None:
+                continue
+            xs.append(i + (k - 1) * width)
+            med.append(spread["median"])
+            lo.append(spread["median"] - spread["min"])
+            hi.append(spread["max"] - spread["median"])
+        if xs:
+            ax.bar(xs, med, width, yerr=[lo, hi], capsize=2, label=label)
+    ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=20)
+    ax.set_ylabel("time per call (us), median, min-max bars")
+    ax.set_yscale("log")
+    ax.set_title(f"paged_attention on {device_name}")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="leapdec bench attention", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="small shapes (CPU smoke run, < 30 s)")
     ap.add_argument("--gpu-check", action="store_true", help="the short full-shape run of gpu_check.sh")
     ap.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
-    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--json", default=None, help="also write the JSON report to this file")
+    add_output_arguments(ap, default_repeats=REPEATS, default_warmup=WARMUP)
     args = ap.parse_args(argv)
+    out = writable_dir(args.out)          # before any work: a bad --out fails now, not at the end
+    if args.json:
+        writable_file(args.json)
 
     device = torch.device(args.device)
     quick = args.quick or args.gpu_check or device.type != "cuda"  # fewer timing repetitions
@@ -339,7 +392,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     set_index_checks(False)  # host range checks cost a sync per call; inputs here are valid
     try:
-        bandwidth, rows = run(shapes, device, dtype, quick, flex_for, deadline)
+        bandwidth, rows = run(shapes, device, dtype, quick, flex_for, deadline, args.warmup, args.repeats)
     finally:
         set_index_checks(True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -347,12 +400,16 @@ def main(argv=None) -> int:
 
     tol = 2e-2 if dtype == torch.float16 else 1e-4
     bad = [r["name"] for r in rows if not r["max_abs_err_vs_sdpa"] <= tol]
+    report = dict(benchmark="attention", device=name, torch=torch.__version__,
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  warmup=args.warmup, repeats=args.repeats,
+                  copy_bandwidth_bytes_per_s=bandwidth, error_tolerance=tol, mismatches=bad, results=rows)
+    paths = write_outputs(out, "attention", format_table(rows, bandwidth, name, markdown=True), report,
+                          plot(rows, name) if rows else None)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(benchmark="attention", device=name, torch=torch.__version__,
-                           date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                           copy_bandwidth_bytes_per_s=bandwidth, error_tolerance=tol, mismatches=bad,
-                           results=rows), f, indent=2)
+            json.dump(report, f, indent=2)
+    print("wrote " + ", ".join(map(str, paths)))
     if bad:
         print(f"ERROR: leapdec differs from SDPA by more than {tol} on: {', '.join(bad)}", file=sys.stderr)
         return 1

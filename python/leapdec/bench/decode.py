@@ -1,25 +1,26 @@
 """End-to-end decoding benchmark: every method on the zoo models (or a given checkpoint).
 
-Reports tokens per model call, model calls, tokens/s, speedup over our AR engine and over
-`transformers.generate` on the same checkpoint, and agreement with greedy AR. Writes a markdown
-table, JSON and a PNG plot. `--floor` adds the AR engine on a random 1B-parameter Llama shape
-against the weight-streaming floor (bytes of weights / measured copy bandwidth per token).
+Reports tokens per model call, model calls, tokens/s as median [min-max] over --repeats timed
+runs (each after a warm-up decode), speedup over our AR engine (medians) and over
+`transformers.generate` on the same checkpoint, and agreement with greedy AR. Writes decode.md,
+decode.json and decode.png to --out. `--floor` adds the AR engine on a random 1B-parameter Llama
+shape against the weight-streaming floor (bytes of weights / measured copy bandwidth per token).
 
-    python benchmarks/bench_decode.py --quick                 # CPU, small
-    python benchmarks/bench_decode.py --device cuda --floor   # GPU
+    leapdec bench decode --quick                 # CPU, small
+    leapdec bench decode --device cuda --floor   # GPU
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import dataclasses
 import time
 
 import torch
 
 import leapdec
-from leapdec.evaluate import compare_methods, markdown_table, save_results
+from leapdec.bench.common import Spread, add_output_arguments, writable_dir, write_outputs
+from leapdec.evaluate import compare_methods, save_results
 
 
 def copy_bandwidth(device, nbytes=256 * 2**20) -> float:
@@ -43,6 +44,10 @@ def transformers_generate(path, prompts, max_new_tokens, device, dtype):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    with torch.no_grad():  # warm-up
+        ids = torch.tensor([prompts[0]], device=device)
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                       pad_token_id=model.config.eos_token_id)
     outs, t0 = [], time.perf_counter()
     with torch.no_grad():
         for p in prompts:
@@ -70,7 +75,7 @@ def floor_benchmark(device, quick):
     else:  # TinyLlama-1.1B shape
         shape = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                      num_key_value_heads=4, vocab_size=32000)
-    cfg = ModelConfig(architecture="LlamaForCausalLM", head_dim=shape["hidden_size"] // shape["num_attention_heads"],
+    cfg = ModelConfig(model_type="llama", head_dim=shape["hidden_size"] // shape["num_attention_heads"],
                       max_position_embeddings=4096, **shape)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = Transformer(cfg).to(device=device, dtype=dtype).eval()
@@ -90,9 +95,38 @@ def floor_benchmark(device, quick):
                 fraction_of_floor=tps / floor_tps)
 
 
+def repeated_comparison(prompts, methods, max_new_tokens, device, repeats, skipped):
+    """``compare_methods`` (one warm-up decode, one timed run per method) ``repeats`` times on the
+    same loaded models: the first run's results with tokens/s and speedup at the median, and
+    each method's tokens/s spread."""
+    models, runs = {}, []
+    for i in range(max(1, repeats)):
+        runs.append(compare_methods(prompts, methods, max_new_tokens, device=device, models=models,
+                                    skipped=skipped if i == 0 else [], progress=i == 0))
+    spreads = {r.method: Spread.of([run[k].tokens_per_s for run in runs])
+               for k, r in enumerate(runs[0])}
+    ar_tps = spreads["ar"].median
+    results = [dataclasses.replace(r, tokens_per_s=spreads[r.method].median,
+                                   wall_s=r.new_tokens / spreads[r.method].median if spreads[r.method].median else r.wall_s,
+                                   speedup_vs_ar=spreads[r.method].median / ar_tps if ar_tps else 1.0)
+               for r in runs[0]]
+    return results, spreads
+
+
+def markdown_table(results, spreads) -> str:
+    head = ("| method | model | new tokens | model calls | tokens/call | tokens/s median [min-max] | speedup vs AR "
+            "| match AR | identical to greedy AR |\n|---|---|---|---|---|---|---|---|---|\n")
+    return head + "".join(
+        f"| {r.method} | {r.model} | {r.new_tokens} | {r.model_calls} | {r.tokens_per_call:.2f} | "
+        f"{spreads[r.method].cell()} | {r.speedup_vs_ar:.2f}x | {100 * r.match_ar:.0f}% | "
+        f"{'yes' if r.identical_to_ar else 'no'} |\n" for r in results)
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default=None, help="comma-separated (default: all available)")
+    ap = argparse.ArgumentParser(prog="leapdec bench decode", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default=None,
+                    help=f"comma-separated, from {', '.join(leapdec.methods())} (default: all)")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -100,14 +134,15 @@ def main(argv=None):
     ap.add_argument("--floor", action="store_true", help="AR engine vs the weight-streaming floor")
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--gpu-check", action="store_true", help="the short run of benchmarks/gpu_check.sh")
-    ap.add_argument("--out", default="bench_out", help="folder for decode.md, decode.json, decode.png")
+    add_output_arguments(ap, default_repeats=3)
     args = ap.parse_args(argv)
+    out = writable_dir(args.out)          # before any work: a bad --out fails now, not at the end
     if args.quick:
         args.prompts, args.max_new_tokens = 3, 32
+        args.repeats = min(args.repeats, 2)
     if args.gpu_check:
         args.floor = True
     device = torch.device(args.device)
-    os.makedirs(args.out, exist_ok=True)
 
     from leapdec.train.corpus import eval_prompts
     from leapdec.zoo import resolve
@@ -116,11 +151,14 @@ def main(argv=None):
     prompts = [tok.encode(p.prompt).ids for p in eval_prompts(args.prompts)]
     methods = args.methods.split(",") if args.methods else leapdec.methods()
     skipped = []
-    results = compare_methods(prompts, methods, args.max_new_tokens, device=args.device, skipped=skipped,
-                              repeats=1 if args.quick else 2)
-    table = markdown_table(results)
+    results, spreads = repeated_comparison(prompts, methods, args.max_new_tokens, args.device, args.repeats,
+                                           skipped)
+    table = (f"{len(prompts)} held-out prompts, {args.max_new_tokens} new tokens, {args.device}, "
+             f"tokens/s median [min-max] of {args.repeats} runs after a warm-up decode\n\n"
+             + markdown_table(results, spreads))
     report = {"device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-              "results": [r.__dict__ for r in results], "skipped": skipped}
+              "repeats": args.repeats, "results": [dataclasses.asdict(r) for r in results],
+              "tokens_per_s_spread": {m: s.as_dict() for m, s in spreads.items()}, "skipped": skipped}
 
     if not args.no_transformers:
         ar = next(r for r in results if r.method == "ar")
@@ -144,12 +182,11 @@ def main(argv=None):
     if skipped:
         table += "\nskipped: " + "; ".join(skipped) + "\n"
     print(table)
-    with open(os.path.join(args.out, "decode.md"), "w") as f:
-        f.write(table)
-    with open(os.path.join(args.out, "decode.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    save_results(results, png_path=os.path.join(args.out, "decode.png"))
+    paths = write_outputs(out, "decode", table, report)
+    save_results(results, png_path=str(out / "decode.png"))
+    print("wrote " + ", ".join(map(str, paths + [out / "decode.png"])))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -11,22 +11,23 @@ in the LLaDA and Learn2PD papers):
 
 Columns: model calls per row (NFE) and the reduction over the baseline, rows identical to the
 baseline output, token agreement, mean answer length, the answers' NLL under stdlib-ar (nats per
-token, answer + EOS) and wall-clock speedup over the baseline in this run.
+token, answer + EOS) and wall-clock speedup over the baseline in this run (medians), with each
+decode's wall time as median [min-max] over --repeats timed runs after --warmup warm-up decodes of
+one prompt. Writes diffusion.md, diffusion.json and diffusion.png to --out.
 
-    python benchmarks/bench_diffusion.py [--gen-length 256] [--prompts 8] [--out bench_out]
+    leapdec bench diffusion [--gen-length 256] [--prompts 8] [--out bench_out]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 import leapdec
+from leapdec.bench.common import add_output_arguments, pyplot, time_runs, writable_dir, write_outputs
 from leapdec.evaluate import token_agreement
 from leapdec.train import corpus
 from leapdec.train import tokenizer as tokenizers_
@@ -52,7 +53,8 @@ def variants(gen_length: int, block: int):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="leapdec bench diffusion", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="stdlib-mdm")
     ap.add_argument("--ar-model", default="stdlib-ar", help="scores the answers (NLL)")
     ap.add_argument("--gen-length", type=int, default=256)
@@ -62,10 +64,12 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--only", default=None, help="comma-separated labels' prefixes to run (baseline always)")
     ap.add_argument("--quick", action="store_true", help="2 prompts, gen_length 64 (CPU smoke run)")
-    ap.add_argument("--out", default="bench_out")
+    add_output_arguments(ap, default_repeats=3)
     args = ap.parse_args(argv)
+    out = writable_dir(args.out)          # before any work: a bad --out fails now, not at the end
     if args.quick:
         args.prompts, args.gen_length = 2, 64
+        args.repeats = min(args.repeats, 2)
 
     model = leapdec.load_model(args.model, device=args.device)
     ar_model = leapdec.load_model(args.ar_model, device=args.device)
@@ -83,19 +87,24 @@ def main(argv=None) -> int:
         todo = [v for i, v in enumerate(todo) if i == 0 or any(v[0].startswith(k) for k in keep)]
     rows, base = [], None
     for label, method, options in tqdm(todo, desc="decodes"):
-        tokens, row_calls, wall, extra = [], 0, 0.0, {}
-        for s in range(0, len(prompts), args.batch):
-            batch = prompts[s:s + args.batch]
-            t0 = time.perf_counter()
-            out = leapdec.generate(model, batch, method=method, max_new_tokens=args.gen_length,
-                                   block_length=args.block_length, **options)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            wall += time.perf_counter() - t0
-            tokens += out.tokens
-            row_calls += int(out.stats.get("row_calls", out.stats["model_calls"] * len(batch)))
-            if "revisions" in out.stats:
-                extra["revisions"] = extra.get("revisions", 0) + int(out.stats["revisions"])
+        def decode(rows, method=method, options=options):
+            tokens, row_calls, extra = [], 0, {}
+            for s in range(0, len(rows), args.batch):
+                batch = rows[s:s + args.batch]
+                res = leapdec.generate(model, batch, method=method, max_new_tokens=args.gen_length,
+                                       block_length=args.block_length, **options)
+                tokens += res.tokens
+                row_calls += int(res.stats.get("row_calls", res.stats["model_calls"] * len(batch)))
+                if "revisions" in res.stats:
+                    extra["revisions"] = extra.get("revisions", 0) + int(res.stats["revisions"])
+            return tokens, row_calls, extra
+
+        for _ in range(max(0, args.warmup)):
+            decode(prompts[:1])
+        (tokens, row_calls, extra), walls = time_runs(lambda: decode(prompts), args.device, warmup=0,
+                                                      repeats=args.repeats)
+        wall = walls.median
+        extra["wall_s_spread"] = walls.as_dict()
         if base is None:
             base = {"tokens": tokens, "calls": row_calls / len(prompts), "wall": wall}
         calls = row_calls / len(prompts)
@@ -107,29 +116,25 @@ def main(argv=None) -> int:
                      "ar_nll": round(ar_nll(ar_model, prompts, tokens, eos), 3),
                      "wall_s": round(wall, 2), "speedup": round(base["wall"] / wall, 2), **extra})
         tqdm.write(f"{label}: {rows[-1]['calls_per_row']} calls/row, {rows[-1]['identical_rows']}/"
-                   f"{len(prompts)} identical, {wall:.1f} s")
+                   f"{len(prompts)} identical, {walls.cell('.2f')} s")
 
     n = len(prompts)
     lines = [f"{args.model}, {n} held-out prompts, gen_length {args.gen_length}, block {args.block_length}, "
-             f"{args.device}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}", "",
+             f"{args.device}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; wall s: median [min-max] "
+             f"of {args.repeats} runs after {args.warmup} warm-up", "",
              "| decode | calls per row (NFE) | NFE reduction | identical to baseline | token agreement "
-             "| mean length | NLL under stdlib-ar | wall-clock vs baseline |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| mean length | NLL under stdlib-ar | wall s | wall-clock vs baseline |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        w = r["wall_s_spread"]
+        wall_cell = f"{w['median']:.2f} [{w['min']:.2f}-{w['max']:.2f}]" if w["n"] > 1 else f"{w['median']:.2f}"
         lines.append(f"| {r['decode']} | {r['calls_per_row']:g} | {r['nfe_reduction']:g}x | "
                      f"{r['identical_rows']}/{n} | {100 * r['token_agreement']:.1f}% | {r['mean_length']:g} | "
-                     f"{r['ar_nll']:.2f} | {r['speedup']:g}x |")
+                     f"{r['ar_nll']:.2f} | {wall_cell} | {r['speedup']:g}x |")
     table = "\n".join(lines)
     print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "diffusion.md").write_text(table + "\n")
-    (out / "diffusion.json").write_text(json.dumps({"args": vars(args), "window": window, "rows": rows},
-                                                   indent=1))
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1))
         labels = [r["decode"] for r in rows][::-1]
         ax.barh(labels, [r["calls_per_row"] for r in rows][::-1], color="tab:blue")
@@ -138,9 +143,10 @@ def main(argv=None) -> int:
         ax.set_xlabel("model calls per row (NFE)")
         ax.set_title(f"{args.model}: diffusion decoding at gen_length {args.gen_length}")
         fig.tight_layout()
-        fig.savefig(out / "diffusion.png", dpi=120)
     except ImportError:
-        pass
+        fig = None
+    paths = write_outputs(out, "diffusion", table, {"args": vars(args), "window": window, "rows": rows}, fig)
+    print("wrote " + ", ".join(map(str, paths)))
     return 0
 
 

@@ -3,18 +3,107 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
-import runpy
 import sys
 import time
 
-BENCH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks")
+BENCH_NAMES = ["attention", "decode", "unmask", "diffusion", "wedlm"]
+DEVICE_HELP = "cpu, cuda or cuda:N"
+# generate's own flags: setting them again with -o would be ambiguous
+FLAG_OPTIONS = {"temperature": "--temperature", "max_new_tokens": "--max-new-tokens", "method": "--method",
+                "model": "--model", "device": "--device"}
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+class UsageError(Exception):
+    """A mistake on the command line: printed as one line, exit status 2."""
+
+
+def _device(text: str) -> str:
+    """argparse type of --device: cpu, cuda or cuda:N (checked against this machine)."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device ({DEVICE_HELP})") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: leapdec runs on {DEVICE_HELP}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device here (torch {torch.__version__}); use cpu")
+    return text
+
+
+def _method_names() -> list[str] | None:
+    try:
+        import leapdec
+
+        return leapdec.methods()
+    except Exception:      # the package cannot load here: --help still works, generate reports why
+        return None
+
+
+def parse_option_value(text: str, default=inspect.Parameter.empty):
+    """``-o key=VALUE``'s value: booleans (true/false, yes/no, on/off, and 1/0 for a boolean
+    option), ints, floats, ``none``, else the string. ``default`` (the method's default for the
+    key, when known) picks the type: a boolean option accepts only boolean words or 1/0."""
+    low = text.strip().lower()
+    if isinstance(default, bool):
+        if low in _TRUE | _FALSE:
+            return low in _TRUE
+        raise UsageError(f"expects a boolean (true/false/1/0), got {text!r}")
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return float(text) if isinstance(default, float) else int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_options(items, method: str | None = None) -> dict:
+    """``-o KEY=VALUE`` items as keyword options for ``method`` (typed by its signature's defaults)."""
+    defaults = {}
+    if method is not None:
+        try:
+            from leapdec.decoding.base import get_method
+
+            defaults = {n: p.default for n, p in inspect.signature(get_method(method)).parameters.items()}
+        except Exception:
+            defaults = {}
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise UsageError(f"-o {item!r}: expected KEY=VALUE (e.g. -o block_length=32)")
+        if not key.isidentifier():
+            raise UsageError(f"-o {item!r}: {key!r} is not an option name")
+        if key in FLAG_OPTIONS:
+            raise UsageError(f"-o {item!r}: {key} has its own flag, use {FLAG_OPTIONS[key]} instead")
+        if key in options:
+            raise UsageError(f"-o {item!r}: {key} is given twice")
+        try:
+            options[key] = parse_option_value(value, defaults.get(key, inspect.Parameter.empty))
+        except UsageError as e:
+            raise UsageError(f"-o {item!r}: {key} {e}") from None
+    return options
 
 
 def _demo(args) -> int:
     import torch
 
     import leapdec
+    from leapdec.bench.common import writable_file
+    for path in (args.png, args.json):     # before any decoding: a bad path fails now, not at the end
+        if path:
+            writable_file(path)
     from leapdec.evaluate import METHOD_BASE_MODEL, compare_methods, markdown_table, save_results
     from leapdec.train.corpus import eval_prompts
     from leapdec.zoo import available
@@ -50,16 +139,7 @@ def _generate(args) -> int:
     model = leapdec.load_model(args.model, device=args.device)
     tok = leapdec.load_tokenizer(args.model)
     ids = tok.encode(args.prompt).ids
-    options = {}
-    for kv in args.option or []:
-        k, _, v = kv.partition("=")
-        try:
-            options[k] = int(v)
-        except ValueError:
-            try:
-                options[k] = float(v)
-            except ValueError:
-                options[k] = v
+    options = parse_options(args.option, args.method)
     out = leapdec.generate(model, [ids], method=args.method, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, **options)
     sys.stdout.write(args.prompt + tok.decode(out.tokens[0]) + "\n")
@@ -70,17 +150,22 @@ def _generate(args) -> int:
 
 
 def _bench(args) -> int:
-    scripts = {"attention": "bench_attention.py", "decode": "bench_decode.py", "unmask": "bench_unmask.py",
-               "diffusion": "bench_diffusion.py", "wedlm": "bench_wedlm.py"}
-    names = list(scripts) if args.what == "all" else [args.what]
+    from leapdec.bench import run
+    from leapdec.bench.common import writable_dir
+
+    rest = [a for a in (args.rest or []) if a != "--debug"]   # main() saw --debug already
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    if args.what == "all" and rest:
+        raise UsageError("options for a benchmark need its name: leapdec bench NAME [options]")
+    if args.out:
+        writable_dir(args.out)             # before any work (each benchmark checks its own --out too)
+    names = BENCH_NAMES if args.what == "all" else [args.what]
+    status = 0
     for name in names:
-        path = os.path.normpath(os.path.join(BENCH_DIR, scripts[name]))
-        if not os.path.exists(path):
-            print(f"{path} not found: `leapdec bench` runs the scripts of a source checkout", file=sys.stderr)
-            return 1
-        sys.argv = [path] + (["--quick"] if args.quick else [])
-        runpy.run_path(path, run_name="__main__")
-    return 0
+        argv = (["--quick"] if args.quick else []) + (["--out", args.out] if args.out else []) + rest
+        status = run(name, argv) or status
+    return status
 
 
 def _train(args) -> int:
@@ -89,41 +174,106 @@ def _train(args) -> int:
     return train_main(args.rest) or 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="leapdec", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_debug(p) -> None:
+    # SUPPRESS: a subcommand's --debug must not reset one given before the subcommand
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="on an error, show the Python traceback instead of one line")
 
-    p = sub.add_parser("demo", help="decode held-out prompts with every method and compare")
-    p.add_argument("--methods", help="comma-separated methods (default: all available)")
-    p.add_argument("--prompts", type=int, default=3)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--png", default="leapdec-demo.png")
-    p.add_argument("--json", default=None)
+
+def build_parser() -> argparse.ArgumentParser:
+    methods = _method_names()
+    method_choices = f"one of {', '.join(methods)}" if methods else "see leapdec.methods()"
+    parser = argparse.ArgumentParser(
+        prog="leapdec", description=__doc__,
+        epilog="Errors print one line and exit non-zero (2: command line, 1: the run); --debug (or "
+               "LEAPDEC_DEBUG=1) shows the traceback. `leapdec COMMAND --help` lists a command's flags.")
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help="on an error, show the Python traceback instead of one line")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="decode held-out prompts with every method and compare",
+                       description="Decode held-out stdlib prompts with every method on the zoo models and "
+                                   "compare them (table on stdout, plot to --png).")
+    p.add_argument("--methods", metavar="M1,M2", help=f"comma-separated methods, each {method_choices} "
+                                                      f"(default: all available)")
+    p.add_argument("--prompts", type=int, default=3, help="held-out prompts to decode (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt (default: %(default)s)")
+    p.add_argument("--device", type=_device, default="cpu", metavar="DEVICE",
+                   help=f"{DEVICE_HELP} (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="picks the prompts and seeds sampling (default: %(default)s)")
+    p.add_argument("--png", default="leapdec-demo.png", help="plot file to write (default: %(default)s)")
+    p.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    _add_debug(p)
     p.set_defaults(fn=_demo)
 
-    p = sub.add_parser("generate", help="continue a prompt with one method")
-    p.add_argument("prompt")
-    p.add_argument("--method", default="ar")
-    p.add_argument("--model", default="stdlib-ar", help="zoo name or Hugging Face checkpoint directory")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("-o", "--option", action="append", help="method option KEY=VALUE (repeatable)")
+    p = sub.add_parser("generate", help="continue a prompt with one method",
+                       description="Continue PROMPT with one decoding method; the text goes to stdout, "
+                                   "the statistics to stderr.")
+    p.add_argument("prompt", help="the text to continue")
+    p.add_argument("--method", default="ar", choices=methods, metavar="METHOD",
+                   help=f"decoding method, {method_choices} (default: %(default)s)")
+    p.add_argument("--model", default="stdlib-ar",
+                   help="zoo name (leapdec.zoo.available()) or Hugging Face checkpoint directory (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens to decode (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 decodes greedily, > 0 samples (default: %(default)s)")
+    p.add_argument("--device", type=_device, default="cpu", metavar="DEVICE",
+                   help=f"{DEVICE_HELP} (default: %(default)s)")
+    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
+                   help="a method option, repeatable (e.g. -o block_length=32 -o eotp=true): values are "
+                        "booleans (true/false/1/0), ints, floats, none or strings; options with a flag "
+                        "of their own (temperature, max_new_tokens, method, model, device) are refused")
+    _add_debug(p)
     p.set_defaults(fn=_generate)
 
-    p = sub.add_parser("bench", help="run the op and decoding benchmarks")
-    p.add_argument("what", nargs="?", default="all", choices=["all", "attention", "decode", "unmask", "diffusion", "wedlm"])
-    p.add_argument("--quick", action="store_true", help="small shapes (CPU)")
+    p = sub.add_parser("bench", help="run the op and decoding benchmarks (leapdec.bench)",
+                       usage="leapdec bench [--quick] [--out OUT] [NAME [options of the benchmark]]",
+                       description="Run a benchmark of leapdec.bench (all of them by default). Each warms up, "
+                                   "repeats, reports the spread and writes its table (.md), JSON and plot (.png) "
+                                   "to --out (default bench_out). Everything after NAME goes to the benchmark: "
+                                   "`leapdec bench attention --help` lists its options (--quick, --out, "
+                                   "--device, --warmup, --repeats, ...).")
+    p.add_argument("--quick", action="store_true", help="small shapes and few prompts (CPU smoke run)")
+    p.add_argument("--out", default=None, help="output folder (default: each benchmark's, bench_out)")
+    _add_debug(p)
+    p.add_argument("what", nargs="?", default="all", choices=["all"] + BENCH_NAMES, metavar="NAME",
+                   help=f"benchmark: all, {', '.join(BENCH_NAMES)} (default: all)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="...", help="options for the benchmark itself")
     p.set_defaults(fn=_bench)
 
-    p = sub.add_parser("train", help="run a training recipe (see `leapdec train -- --help`)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("train", help="run a training recipe (see `leapdec train -- --help`)",
+                       description="Run a training recipe of leapdec.train; everything after `train` goes "
+                                   "to it (`leapdec train -- --help` lists the recipes).")
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="...", help="the recipe and its options")
     p.set_defaults(fn=_train)
+    return parser
 
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str):
+        text = e.args[0]                   # KeyError quotes its message
+    first = text.splitlines()[0]
+    return first if isinstance(e, (UsageError, OSError, ValueError, KeyError)) else f"{type(e).__name__}: {first}"
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    return args.fn(args)
+    debug = (getattr(args, "debug", False) or os.environ.get("LEAPDEC_DEBUG") == "1"
+             or (args.command == "bench" and "--debug" in (args.rest or [])))
+    try:
+        return args.fn(args) or 0
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"leapdec {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # user errors: one clear line, no traceback (--debug shows it)
+        if debug:
+            raise
+        print(f"leapdec {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, UsageError) else 1
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def _demo(args) -> int:
     import torch
 
     import leapdec
-    from leapdec.bench.common import writable_file
+    from leapdec.paths import writable_file
     for path in (args.png, args.json):     # before any decoding: a bad path fails now, not at the end
         if path:
             writable_file(path)
@@ -151,7 +151,7 @@ def _generate(args) -> int:
 
 def _bench(args) -> int:
     from leapdec.bench import run
-    from leapdec.bench.common import writable_dir
+    from leapdec.paths import writable_dir
 
     rest = [a for a in (args.rest or []) if a != "--debug"]   # main() saw --debug already
     if rest[:1] == ["--"]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from leapdec.paths import writable_dir, writable_file  # noqa: F401  (re-exported for the benchmarks)
 
 
 @dataclass(frozen=True)
@@ -63,31 +63,6 @@ def add_output_arguments(ap: argparse.ArgumentParser, default_repeats: int, defa
                     help="untimed runs before timing (default: %(default)s)")
     ap.add_argument("--repeats", type=int, default=default_repeats,
                     help="timed runs; the spread (median, min-max, quartiles) is over these (default: %(default)s)")
-
-
-def writable_dir(path) -> Path:
-    """Create ``path`` if needed and prove it writable now, before a long run: raises
-    ``OSError`` naming the folder otherwise."""
-    out = Path(path).expanduser()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".leapdec-write-test-"):
-            pass
-    except OSError as e:
-        raise OSError(f"cannot write to output folder {out}: {e.strerror or e}") from None
-    return out
-
-
-def writable_file(path) -> Path:
-    """Check that ``path`` (a file to be written at the end of a run) can be written, creating its
-    folder: raises ``OSError`` naming it otherwise. An existing file is left untouched."""
-    file = Path(path).expanduser()
-    if file.is_dir():
-        raise OSError(f"cannot write {file}: it is a folder")
-    writable_dir(file.parent if str(file.parent) else ".")
-    if file.exists() and not os.access(file, os.W_OK):
-        raise OSError(f"cannot write {file}: permission denied")
-    return file
 
 
 def time_calls(fn, device, warmup: int = 1, repeats: int = 5, min_seconds: float = 0.0,

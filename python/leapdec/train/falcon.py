@@ -45,6 +45,7 @@ from leapdec.decoding import generate
 from leapdec.decoding.falcon import DEFAULT_TREE
 from leapdec.models import load_checkpoint
 from leapdec.models.drafter import CONFIG_FILE, WEIGHTS_FILE, FalconDrafter
+from leapdec.paths import writable_dir
 from leapdec.train import cards, corpus
 from leapdec.train.budget import Budget, add_budget_arguments, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
@@ -279,6 +280,7 @@ def train_falcon(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
     device = torch.device(device)
     command = command_line(base, preset, out_dir, steps, seconds, device, seed, threads)
     out_dir = Path(out_dir) if out_dir is not None else base_dir / "falcon"
+    writable_dir(out_dir, create=False)   # an unwritable --out fails now, not after training
     p = PRESETS[preset]
     if steps is None and seconds is None:
         steps = p.steps

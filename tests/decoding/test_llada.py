@@ -100,12 +100,15 @@ def test_transfer_counts():
 def test_prefix_and_dual_cache_are_exact_under_causal_attention(policy):
     """With causal attention the prefix K/V never depend on the block, so the caches are exact:
     this checks the block/suffix forwards and the in-place overwrite of the block's slots."""
+    from leapdec.decoding.llada import llada
+
+    # generate() refuses a causal model for llada; the decoder itself runs any attention kind
     model = mdm(seed=2, causal=True)
     kw = dict(max_new_tokens=32, block_length=16, steps=16, policy=policy, threshold=0.3, page_size=4,
               stop_tokens=[])
-    ref = generate(model, PROMPTS, method="llada", cache="none", **kw)
+    ref = llada(model, PROMPTS, cache="none", **kw)
     for cache in ("prefix", "dual"):
-        out = generate(model, PROMPTS, method="llada", cache=cache, **kw)
+        out = llada(model, PROMPTS, cache=cache, **kw)
         assert out.tokens == ref.tokens, cache
         assert out.stats["model_calls"] == ref.stats["model_calls"]
 

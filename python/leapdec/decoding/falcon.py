@@ -34,18 +34,15 @@ empty tree (plain decoding), so every row ends exactly at ``max_new_tokens`` or 
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
-from pathlib import Path
-
 import torch
 
-from leapdec import zoo
-from leapdec.decoding.base import (GenerationOutput, Stats, check_sampling, make_generator,
-                                   register_method, sample_next, stop_token_set, warp_logits)
+from leapdec.engine.companions import load_companion
+from leapdec.engine.runner import Session
+from leapdec.engine.sampling import check_sampling
+from leapdec.engine.spec import register_method
+from leapdec.engine.speculative import Proposal, speculative_generate
 from leapdec.models.drafter import WEIGHTS_FILE, FalconDrafter, block_causal_mask
 from leapdec.models.transformer import StepInput
-from leapdec.ops import build_tree, verify_tree_greedy, verify_tree_sampling
 from leapdec.trees import ABSENT_PARENT, DynamicTree
 
 # Tree defaults sized for the small zoo models (Falcon's released 7B setting: k = 2, root top-20,
@@ -54,32 +51,14 @@ DEFAULT_TREE = dict(root_top_k=4, branch_top_k=2, frontier=2, depth=2, num_draft
 _HINT = (": pass drafter= (a FalconDrafter or a folder saved by it), or train one with "
          "`python -m leapdec.train falcon --base MODEL`")
 
-_DRAFTER_CACHE: dict = {}
-_DRAFTER_LOCK = threading.Lock()
 
 
 def load_drafter(model, drafter=None) -> FalconDrafter:
     """The Falcon drafter for ``model``: ``drafter`` itself when it is a ``FalconDrafter``, else
     the folder ``drafter`` or the model's ``falcon/`` companion, on the model's device and dtype."""
-    if isinstance(drafter, FalconDrafter):
-        drafter.check_base(model)
-        return drafter
-    if drafter is not None and not isinstance(drafter, (str, Path)):
-        raise TypeError(f"drafter must be a FalconDrafter, a folder path or None, got {type(drafter).__name__}")
-    folder = zoo.companion_dir(model, "falcon", drafter, _HINT)
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"drafter: no {WEIGHTS_FILE} in {folder}{_HINT}")
-    key = (str(weights.resolve()), weights.stat().st_mtime_ns, str(model.device), model.dtype)
-    with _DRAFTER_LOCK:
-        loaded = _DRAFTER_CACHE.get(key)
-        if loaded is None:
-            loaded = FalconDrafter.load(folder, device=model.device, dtype=model.dtype)
-            if len(_DRAFTER_CACHE) >= 8:
-                _DRAFTER_CACHE.pop(next(iter(_DRAFTER_CACHE)))
-            _DRAFTER_CACHE[key] = loaded
-    loaded.check_base(model)
-    return loaded
+    return load_companion(model, "falcon", drafter, loaded_type=FalconDrafter, filename=WEIGHTS_FILE,
+                          hint=_HINT, argument="drafter", check=lambda d: d.check_base(model),
+                          load=lambda folder: FalconDrafter.load(folder, device=model.device, dtype=model.dtype))
 
 
 class BlockTree(DynamicTree):
@@ -138,11 +117,9 @@ class BlockTree(DynamicTree):
         return order // branch, self.tokens.gather(1, block_nodes.flatten(1)).view(batch, keep, k)
 
 
-def _check_options(max_new_tokens, temperature, top_k, top_p, page_size, tree):
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+def _check_options(temperature, top_k, top_p, page_size, tree):
     check_sampling(temperature, top_k, top_p)
-    if not isinstance(page_size, int) or page_size <= 0:
+    if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size <= 0:
         raise ValueError(f"page_size must be a positive int, got {page_size!r}")
     for name, value in tree.items():
         low = 0 if name == "num_draft" else 1
@@ -150,12 +127,99 @@ def _check_options(max_new_tokens, temperature, top_k, top_p, page_size, tree):
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
-@register_method("falcon")
+class FalconTreeDrafter:
+    """Falcon as a ``Drafter``: per step a context call over the features the drafter has not
+    consumed, then ``depth`` block levels of the tree, keeping ``num_draft`` nodes."""
+
+    needs_hidden = True
+
+    def __init__(self, model, drafter: FalconDrafter, opts: dict, page_size: int):
+        self.model, self.drafter, self.opts, self.page_size = model, drafter, opts, page_size
+        self.k = drafter.block_size
+        self.max_nodes = opts["num_draft"] + 1
+        self.fixed_nodes = None            # rows too short to draft run a 1-node tree
+        self.calls = 0
+        self.session = None
+
+    def start(self, ctx, rows, hidden, offsets):
+        k, ps = self.k, self.page_size
+        o = self.opts
+        draft_slots = o["depth"] * o["frontier"] * k + k
+        need = sum(-(-(len(r.prompt) + r.max_new_tokens + draft_slots) // ps) + 1 for r in rows)
+        self.session = Session(self.drafter, need, ps,
+                               make_cache=lambda n, size: self.drafter.new_cache(n, size)).__enter__()
+        self.dseqs = [self.session.new_sequence() for _ in rows]
+        self.feats = [hidden[off:off + len(r.prompt)] for r, off in zip(rows, offsets)]
+        self.feat_lo = [0] * len(rows)
+        self.committed = [0] * len(rows)
+
+    def close(self):
+        if self.session is not None:
+            self.session.__exit__(None, None, None)
+            self.session = None
+
+    def propose(self, ctx, live) -> Proposal:
+        k, o, device = self.k, self.opts, self.model.device
+        n = {r.index: len(r.prompt) + len(r.out) - 1 for r in live}     # base cache length = root position
+        drafting = [r for r in live if o["num_draft"] > 0 and n[r.index] >= k and r.room >= 2]
+        b = len(live)
+        num_nodes = o["num_draft"] + 1 if drafting else 1
+        candidates = torch.zeros(b, num_nodes, dtype=torch.long, device=device)
+        parents = torch.full((b, num_nodes), ABSENT_PARENT, dtype=torch.int32, device=device)
+        depth = torch.zeros(b, num_nodes, dtype=torch.long, device=device)
+        candidates[:, 0] = torch.tensor([r.out[-1] for r in live], device=device)
+        parents[:, 0] = -1
+        if drafting:
+            # ---- 1. context call: the drafter consumes the new features (last block recomputed)
+            dcache = self.session.cache
+            chunks = [max(0, min(self.committed[r.index], n[r.index] - k)) for r in live]
+            out, ends = drafter_context(
+                self.drafter, dcache, [self.dseqs[r.index] for r in live], chunks,
+                [r.tokens[s + 1:n[r.index] + 1] for r, s in zip(live, chunks)],
+                [self.feats[r.index][s - self.feat_lo[r.index]:n[r.index] - self.feat_lo[r.index]]
+                 for r, s in zip(live, chunks)], self.model.embed_tokens)
+            self.calls += 1
+            end_of = {r.index: e for r, e in zip(live, ends)}
+            ctx_out = torch.stack([out[end_of[r.index] - k:end_of[r.index]] for r in drafting])   # [Bd, k, h]
+            for r in live:
+                i = r.index
+                self.committed[i] = n[i]
+                keep_from = max(0, n[i] - k)
+                self.feats[i] = self.feats[i][keep_from - self.feat_lo[i]:]
+                self.feat_lo[i] = keep_from
+            # ---- 2. grow the block tree of every drafting row
+            counters = {"drafter_calls": 0}
+            sel, sel_depth = _draft_tree(self.drafter, dcache, [self.dseqs[r.index] for r in drafting],
+                                         [self.committed[r.index] for r in drafting],
+                                         [r.out[-1] for r in drafting], ctx_out, self.model.embed_tokens,
+                                         self.model.lm_head, o, max(r.room for r in drafting), counters)
+            self.calls += counters["drafter_calls"]
+            pos = {r.index: j for j, r in enumerate(live)}
+            rows_d = torch.tensor([pos[r.index] for r in drafting], device=device)
+            width_d = sel.parents.shape[1]
+            candidates[rows_d, :width_d] = sel.tokens
+            parents[rows_d, :width_d] = sel.parents.to(torch.int32)
+            depth[rows_d, :width_d] = sel_depth
+        return Proposal(candidates, parents, depth)
+
+    def accepted(self, ctx, live, verified):
+        device = self.model.device
+        for j, r in enumerate(live):
+            if r.done:
+                continue
+            rows_h = torch.tensor([verified.offsets[j] + c for c in verified.paths[j]], device=device)
+            self.feats[r.index] = torch.cat([self.feats[r.index], verified.hidden.index_select(0, rows_h)])
+
+    def stats(self) -> dict:
+        return {"drafter_calls": self.calls, "block_size": self.k, **self.opts}
+
+
+@register_method("falcon", companion="falcon", recipe="falcon", lossless=True)
 def falcon(model, prompts: list[list[int]], *, max_new_tokens: int = 128, temperature: float = 0.0,
            top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-           stop_tokens=None, stream=None, drafter=None, root_top_k: int | None = None,
-           branch_top_k: int | None = None, frontier: int | None = None, depth: int | None = None,
-           num_draft: int | None = None, page_size: int = 16) -> GenerationOutput:
+           stop_tokens=None, stop_strings=None, tokenizer=None, stream=None, drafter=None,
+           root_top_k: int | None = None, branch_top_k: int | None = None, frontier: int | None = None,
+           depth: int | None = None, num_draft: int | None = None, page_size: int = 16):
     """Falcon decoding. ``drafter``: a ``FalconDrafter`` or its folder (default: the model's
     ``falcon/`` companion). Tree: ``root_top_k`` first tokens under the root, ``branch_top_k``
     under deeper block ends, ``frontier`` block ends expanded per level, ``depth`` levels of
@@ -176,168 +240,17 @@ def falcon(model, prompts: list[list[int]], *, max_new_tokens: int = 128, temper
     recorded = drafter.meta.get("tree") or {}
     tree_opts = {name: given[name] if given[name] is not None else recorded.get(name, DEFAULT_TREE[name])
                  for name in DEFAULT_TREE}
-    _check_options(max_new_tokens, temperature, top_k, top_p, page_size, tree_opts)
-    sampling = temperature > 0
-    stops = stop_token_set(model, stop_tokens)
-    stats = Stats()
-    outputs: list[list[int]] = [[] for _ in prompts]
-    accepted: list[list[int]] = [[] for _ in prompts]
-    counters = {"drafter_calls": 0}
-
-    def finish():
-        flat = [a for row in accepted for a in row]
-        hist = Counter(flat)
-        return GenerationOutput(outputs, stats.finish(
-            outputs, acceptance="sampling" if sampling else "greedy", block_size=drafter.block_size,
-            drafter_calls=counters["drafter_calls"], accepted_lengths=accepted,
-            mean_accepted_length=sum(flat) / len(flat) if flat else 0.0,
-            accept_length_histogram={int(a): hist[a] for a in sorted(hist)}, tree_steps=len(flat),
-            **tree_opts))
-
-    if max_new_tokens == 0:
-        return finish()
-
-    k = drafter.block_size
-    device = model.device
-    gen = make_generator(seed, device)
-    num_draft, levels = tree_opts["num_draft"], tree_opts["depth"]
-    width = tree_opts["frontier"]
-    ps = page_size
-    tree_tokens = num_draft + 1
-    cache = model.new_cache(num_pages=sum(-(-(len(p) + max_new_tokens + tree_tokens) // ps) + 1 for p in prompts),
-                            page_size=ps)
-    draft_slots = levels * width * k + k
-    dcache = drafter.new_cache(sum(-(-(len(p) + max_new_tokens + draft_slots) // ps) + 1 for p in prompts), ps)
-    seqs = [cache.new_sequence() for _ in prompts]
-    dseqs = [dcache.new_sequence() for _ in prompts]
-    embed, lm_head = model.embed_tokens, model.lm_head
-
-    with torch.no_grad():
-        # ---- prefill: every prompt in one base forward; features of every prompt position
-        step = StepInput.extend(cache, seqs, prompts, logits="last")
-        logits, hidden = model.forward_paged(step, cache, return_hidden=True)
-        first = (sample_next(logits, temperature, top_k, top_p, gen) if sampling else logits.argmax(-1)).tolist()
-        stats.call(len(prompts), len(prompts))
-        tokens = [list(p) for p in prompts]          # every row's sequence, root included
-        feats, feat_lo = [], []                      # base features the drafter has not consumed
-        committed = [0] * len(prompts)               # drafter cache length per row
-        live, off = [], 0
-        for i, (p, t) in enumerate(zip(prompts, first)):
-            feats.append(hidden[off:off + len(p)])
-            feat_lo.append(0)
-            off += len(p)
-            if t in stops:
-                continue
-            outputs[i].append(t)
-            tokens[i].append(t)
-            if len(outputs[i]) < max_new_tokens:
-                live.append(i)
-        if stream is not None:
-            stream([list(o) for o in outputs])
-
-        while live:
-            n = {i: len(tokens[i]) - 1 for i in live}                 # base cache length = root position
-            room = {i: max_new_tokens - len(outputs[i]) for i in live}
-            drafting = [i for i in live if num_draft > 0 and n[i] >= k and room[i] >= 2]
-
-            # ---- 1. context call: the drafter consumes the new features (last block recomputed)
-            ctx_out = None
-            if drafting:
-                chunks = [max(0, min(committed[i], n[i] - k)) for i in live]
-                out, ends = drafter_context(
-                    drafter, dcache, [dseqs[i] for i in live], chunks,
-                    [tokens[i][s + 1:n[i] + 1] for i, s in zip(live, chunks)],
-                    [feats[i][s - feat_lo[i]:n[i] - feat_lo[i]] for i, s in zip(live, chunks)], embed)
-                counters["drafter_calls"] += 1
-                end_of = dict(zip(live, ends))
-                ctx_out = torch.stack([out[end_of[i] - k:end_of[i]] for i in drafting])   # [Bd, k, h]
-                for i in live:
-                    committed[i] = n[i]
-                    keep_from = max(0, n[i] - k)
-                    feats[i] = feats[i][keep_from - feat_lo[i]:]
-                    feat_lo[i] = keep_from
-
-            # ---- 2. grow the block tree of every drafting row
-            sel = None
-            if drafting:
-                sel, sel_depth = _draft_tree(drafter, dcache, [dseqs[i] for i in drafting],
-                                             [committed[i] for i in drafting], [tokens[i][-1] for i in drafting],
-                                             ctx_out, embed, lm_head, tree_opts,
-                                             max(room[i] for i in drafting), counters)
-
-            # ---- 3. one base forward over every row's tree, then verification
-            num_nodes = tree_tokens if drafting else 1
-            b = len(live)
-            candidates = torch.zeros(b, num_nodes, dtype=torch.long, device=device)
-            parents = torch.full((b, num_nodes), ABSENT_PARENT, dtype=torch.int32, device=device)
-            depth = torch.zeros(b, num_nodes, dtype=torch.long, device=device)
-            candidates[:, 0] = torch.tensor([tokens[i][-1] for i in live], device=device)
-            parents[:, 0] = -1
-            if drafting:
-                rows_d = torch.tensor([live.index(i) for i in drafting], device=device)
-                width_d = sel.parents.shape[1]
-                par = sel.parents.clone()
-                limit = torch.tensor([room[i] - 1 for i in drafting], device=device)
-                par[sel_depth > limit[:, None]] = ABSENT_PARENT         # a suffix: nodes are by depth
-                candidates[rows_d, :width_d] = sel.tokens
-                parents[rows_d, :width_d] = par
-                depth[rows_d, :width_d] = sel_depth
-            mask, _ = build_tree(parents)
-            sizes = (parents != ABSENT_PARENT).sum(1).tolist()
-            cand_rows, depth_rows = candidates.tolist(), depth.tolist()
-            starts = [n[i] for i in live]
-            step = StepInput.extend(
-                cache, [seqs[i] for i in live], [row[:s] for row, s in zip(cand_rows, sizes)],
-                positions=[[st + d for d in row[:s]] for st, row, s in zip(starts, depth_rows, sizes)],
-                custom_mask=torch.cat([mask[j, :s, :s].reshape(-1) for j, s in enumerate(sizes)]))
-            logits, hidden = model.forward_paged(step, cache, return_hidden=True)
-            offsets = step.plan.qo_indptr[:-1].long()
-            size_t = torch.tensor(sizes, device=device)
-            node = torch.arange(num_nodes, device=device)
-            gather = offsets[:, None] + torch.minimum(node[None, :], size_t[:, None] - 1)   # [b, T]
-            if sampling:
-                probs = warp_logits(logits[gather], temperature, top_k, top_p).softmax(dim=-1)
-                result = verify_tree_sampling(candidates, parents, None, probs, draft_rule="deterministic",
-                                              generator=gen)
-            else:
-                result = verify_tree_greedy(candidates, parents, logits.argmax(dim=-1)[gather])
-            accept_len, accept_index = result.accept_len.tolist(), result.accept_index.tolist()
-            bonus = result.bonus.tolist()
-
-            # ---- 4. commit the accepted paths
-            new = [[] for _ in prompts] if stream is not None else None
-            keep, produced = [], 0
-            offs = offsets.tolist()
-            for j, i in enumerate(live):
-                path = accept_index[j][:accept_len[j]]
-                accepted[i].append(accept_len[j])
-                cache.compact(seqs[i], starts[j], [starts[j] + c for c in path])
-                gained = [cand_rows[j][c] for c in path[1:]] + [bonus[j]]
-                stop_at = next((m for m, t in enumerate(gained) if t in stops), None)
-                if stop_at is not None and stop_at < room[i]:
-                    produced += stop_at + 1
-                    kept, done = gained[:stop_at], True
-                else:
-                    kept = gained[:room[i]]
-                    produced += len(kept)
-                    done = len(kept) == room[i]
-                outputs[i] += kept
-                if new is not None:
-                    new[i] = kept
-                if not done:
-                    keep.append(i)
-                    tokens[i] += gained
-                    rows_h = torch.tensor([offs[j] + c for c in path], device=device)
-                    feats[i] = torch.cat([feats[i], hidden.index_select(0, rows_h)])
-            stats.call(b, produced)
-            if stream is not None:
-                stream(new)
-            live = keep
-    for s in seqs:
-        cache.free(s)
-    for s in dseqs:
-        dcache.free(s)
-    return finish()
+    _check_options(temperature, top_k, top_p, page_size, tree_opts)
+    acceptance = "sampling" if temperature > 0 else "greedy"
+    tree_drafter = FalconTreeDrafter(model, drafter, tree_opts, page_size)
+    try:
+        return speculative_generate(
+            model, prompts, tree_drafter, method="falcon", max_new_tokens=max_new_tokens,
+            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_tokens=stop_tokens,
+            stop_strings=stop_strings, tokenizer=tokenizer, stream=stream, acceptance=acceptance,
+            page_size=page_size)
+    finally:
+        tree_drafter.close()
 
 
 def drafter_context(drafter, dcache, dseqs, starts, next_tokens, features, embed):

@@ -72,7 +72,7 @@ def load_filter(model=None, filter=None) -> tuple[tuple, dict]:
     return weights, metadata
 
 
-@register_method("learn2pd")
+@register_method("learn2pd", model_kind="masked", base_model="stdlib-mdm", companion="learn2pd", recipe="learn2pd")
 def learn2pd(model, prompts: list[list[int]], *, max_new_tokens: int = 128, gen_length: int | None = None,
              block_length: int | None = None, steps: int | None = None, filter=None,
              accept_threshold: float | None = None, eotp: bool = False,

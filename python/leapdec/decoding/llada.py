@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from leapdec.decoding.base import GenerationOutput, Stats, register_method, stop_token_set
+from leapdec.engine.runner import Session
 from leapdec.kv_cache import AttentionPlan
 from leapdec.models.transformer import StepInput
 from leapdec.ops.diffusion import unmask_and_filter
@@ -282,43 +283,47 @@ class DiffusionDecoder:
             return GenerationOutput(self.outputs, self.stats.finish(self.outputs, **s.describe()))
         ps = s.page_size
         need = sum(-(-(len(p) + s.gen_length) // ps) for p in self.prompts)
-        self.cache = self.model.new_cache(num_pages=need, page_size=ps)
-        self.seqs = [self.cache.new_sequence() for _ in self.prompts]
-        self.cache.append(self.seqs, [len(p) + s.gen_length for p in self.prompts])
-        bl = s.block_length
-        with torch.no_grad():
-            for blk in range(s.num_blocks):
-                lo, hi = blk * bl, (blk + 1) * bl
-                if not self.live:
-                    break
-                counts = self.masked[:, lo:hi].sum(1).tolist()
-                quotas = {r: transfer_counts(counts[r], s.steps_per_block) for r in self.live}
-                step_index = 0
-                while True:
-                    block_masked = self.masked[:, lo:hi].any(1).tolist()
-                    rows = [r for r in self.live if block_masked[r]]
-                    if not rows:
-                        break
-                    # every row with masks in the block takes part in each of its steps, so
-                    # the rows share the step index (and the cache refresh at step 0)
-                    self._step(rows, lo, hi, step_index == 0, quotas, step_index)
-                    step_index += 1
-                    new = self._settle(rows, lo, hi)
-                    if self.stream is not None:
-                        self.stream(new)
-                # rows that skipped the block (nothing masked in it) may still finish here
-                if self.live:
-                    new = self._settle(list(self.live), hi, hi)
-                    if self.stream is not None and any(new):
-                        self.stream(new)
+        with Session(self.model, need, ps) as session, torch.no_grad():
+            self.cache = session.cache
+            self.seqs = [session.new_sequence() for _ in self.prompts]
+            self.cache.append(self.seqs, [len(p) + s.gen_length for p in self.prompts])
+            self._decode()
         return GenerationOutput(self.outputs, self.finish_stats())
+
+    def _decode(self) -> None:
+        s = self.s
+        bl = s.block_length
+        for blk in range(s.num_blocks):
+            lo, hi = blk * bl, (blk + 1) * bl
+            if not self.live:
+                break
+            counts = self.masked[:, lo:hi].sum(1).tolist()
+            quotas = {r: transfer_counts(counts[r], s.steps_per_block) for r in self.live}
+            step_index = 0
+            while True:
+                block_masked = self.masked[:, lo:hi].any(1).tolist()
+                rows = [r for r in self.live if block_masked[r]]
+                if not rows:
+                    break
+                # every row with masks in the block takes part in each of its steps, so
+                # the rows share the step index (and the cache refresh at step 0)
+                self._step(rows, lo, hi, step_index == 0, quotas, step_index)
+                step_index += 1
+                new = self._settle(rows, lo, hi)
+                if self.stream is not None:
+                    self.stream(new)
+            # rows that skipped the block (nothing masked in it) may still finish here
+            if self.live:
+                new = self._settle(list(self.live), hi, hi)
+                if self.stream is not None and any(new):
+                    self.stream(new)
 
     def finish_stats(self) -> dict:
         return self.stats.finish(self.outputs, row_calls=self.stats.row_calls, decoded_positions=self.decoded,
                                  revisions=self.revisions, eot_rows=len(self.eot_rows), **self.s.describe())
 
 
-@register_method("llada")
+@register_method("llada", model_kind="masked", base_model="stdlib-mdm", recipe="lm")
 def llada(model, prompts: list[list[int]], *, max_new_tokens: int = 128, gen_length: int | None = None,
           block_length: int | None = None, steps: int | None = None, policy: str = "topk",
           threshold: float | None = None, factor: float = 1.0, temperature: float = 0.0,

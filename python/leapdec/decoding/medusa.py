@@ -17,23 +17,19 @@ past its limit; a stop token inside an accepted path ends the row there.
 from __future__ import annotations
 
 import hashlib
-import threading
 import warnings
 import weakref
-from collections import Counter
 from pathlib import Path
 
 import torch
 
-from leapdec import zoo
-from leapdec.decoding.base import (GenerationOutput, Stats, check_sampling, make_generator,
-                                   register_method, sample_next, stop_token_set, warp_logits)
-from leapdec.models.heads import CONFIG_FILE, WEIGHTS_FILE, MedusaHeads
-from leapdec.models.transformer import StepInput
-from leapdec.ops import build_tree, verify_tree_greedy, verify_tree_sampling, verify_tree_typical
+from leapdec.engine.companions import load_companion
+from leapdec.engine.spec import register_method
+from leapdec.engine.speculative import ACCEPTANCE, Proposal, resolve_acceptance, speculative_generate
+from leapdec.models.heads import WEIGHTS_FILE, MedusaHeads
+from leapdec.ops import build_tree
 from leapdec.trees import MC_SIM_7B_63, StaticTree, greedy_tree, tree_from_choices
 
-ACCEPTANCE = ("greedy", "typical", "sampling")
 DEFAULT_TREE_NODES = 32          # draft nodes of the default tree without an accuracy table
 MAX_AUTO_NODES = 64              # largest tree (draft nodes per row) the automatic sizing considers
 # Cost of one more tree token per row, relative to the fixed cost of a model step (automatic
@@ -42,8 +38,6 @@ NODE_COST = {"cpu": 0.04, "cuda": 0.004}
 _HINT = (": pass heads= (a MedusaHeads or a folder saved by it), or train heads with "
          "`python -m leapdec.train medusa --base MODEL`")
 
-_HEADS_CACHE: dict = {}
-_HEADS_LOCK = threading.Lock()
 _AUTO_TREES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # heads -> (key, _AutoTrees)
 
 
@@ -53,26 +47,12 @@ def load_heads(model, heads=None) -> MedusaHeads:
     """The Medusa heads for ``model``: ``heads`` itself when it is a ``MedusaHeads``, else the
     folder ``heads`` or the model's ``medusa/`` companion, on the model's device and dtype."""
     if isinstance(heads, MedusaHeads):
-        heads.check_base(model)
-        return heads
-    if heads is not None and not isinstance(heads, (str, Path)):
-        raise TypeError(f"heads must be a MedusaHeads, a folder path or None, got {type(heads).__name__}")
-    folder = zoo.companion_dir(model, "medusa", heads, _HINT)
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"heads: no {WEIGHTS_FILE} in {folder}{_HINT}")
-    config = folder / CONFIG_FILE
-    stamp = config.stat().st_mtime_ns if config.is_file() else None
-    key = (str(weights.resolve()), weights.stat().st_mtime_ns, stamp, str(model.device), model.dtype)
-    with _HEADS_LOCK:
-        loaded = _HEADS_CACHE.get(key)
-        if loaded is None:
-            loaded = MedusaHeads.load(folder, device=model.device, dtype=model.dtype)
-            if len(_HEADS_CACHE) >= 8:
-                _HEADS_CACHE.pop(next(iter(_HEADS_CACHE)))
-            _HEADS_CACHE[key] = loaded
-    loaded.check_base(model)
-    _warn_if_other_base(model, loaded)
+        return heads.attach(model)
+    loaded = load_companion(model, "medusa", heads, loaded_type=MedusaHeads, filename=WEIGHTS_FILE,
+                            hint=_HINT, argument="heads", check=lambda h: h.attach(model).check_base(model),
+                            load=lambda folder: MedusaHeads.load(folder, device=model.device, dtype=model.dtype))
+    if not isinstance(heads, MedusaHeads):
+        _warn_if_other_base(model, loaded)
     return loaded
 
 
@@ -194,6 +174,7 @@ class _StepTree:
         # nodes_upto[d]: nodes of depth <= d, a prefix of the node order
         self.nodes_upto = [sum(1 for x in self.depth if x <= d) for d in range(self.max_depth + 1)]
         self.mask = build_tree(self.parents[None])[0][0]                      # [T, T] ancestors
+        self.depth_t = tree.depth.to(device=device, dtype=torch.long)
         self.k_top = max(tree.topk, 1)
 
 
@@ -231,59 +212,82 @@ def _auto_trees(heads: MedusaHeads) -> _AutoTrees:
     return cached[1]
 
 
-def _check_options(temperature, top_k, top_p, acceptance, posterior_threshold, posterior_alpha):
-    check_sampling(temperature, top_k, top_p)
-    if acceptance is None:
-        acceptance = "greedy" if temperature == 0 else "sampling"
-    if acceptance not in ACCEPTANCE:
-        raise ValueError(f"acceptance must be one of {ACCEPTANCE}, got {acceptance!r}")
-    if acceptance == "greedy" and temperature != 0:
-        raise ValueError("acceptance='greedy' decodes at temperature 0; use acceptance='sampling' "
-                         "or 'typical' with temperature > 0")
-    if acceptance in ("typical", "sampling") and temperature == 0:
-        raise ValueError(f"acceptance={acceptance!r} needs temperature > 0 (temperature 0 is greedy)")
-    if acceptance == "typical":
-        if top_k is not None or top_p is not None:
-            raise ValueError("top_k / top_p apply to acceptance='sampling', not 'typical'")
-        if not 0 < posterior_threshold <= 1:
-            raise ValueError(f"posterior_threshold must be in (0, 1], got {posterior_threshold}")
-        if not posterior_alpha > 0:
-            raise ValueError(f"posterior_alpha must be > 0, got {posterior_alpha}")
-    return acceptance
+# --------------------------------------------------------------------------- the drafter
+
+class MedusaDrafter:
+    """Medusa as a ``Drafter``: the heads read the target's hidden state of each row's last
+    verified position and fill the static tree under the row's last token."""
+
+    needs_hidden = True
+
+    def __init__(self, heads: MedusaHeads, fixed: StaticTree | None, node_cost: float, device):
+        self.heads, self.node_cost, self.device = heads, node_cost, device
+        if fixed is None:
+            self.auto = _auto_trees(heads)
+            self.max_nodes = MAX_AUTO_NODES + 1
+            self.fixed_nodes = None
+        else:
+            self.auto = None
+            self.tree = _StepTree(fixed, device)
+            self.max_nodes = self.fixed_nodes = fixed.num_nodes
+        self.state: torch.Tensor | None = None     # [B, h] hidden state per row
+        self.nodes_run = [0, 0]                     # tree nodes proposed, row-steps
+
+    def _tree(self, rows: int) -> _StepTree:
+        if self.auto is None:
+            return self.tree
+        return self.auto.tree(self.auto.size_for(rows, self.node_cost), self.device)
+
+    def start(self, ctx, rows, hidden, offsets):
+        last = torch.tensor([o + len(r.prompt) - 1 for r, o in zip(rows, offsets)], device=hidden.device)
+        self.state = hidden.index_select(0, last)
+
+    def propose(self, ctx, live) -> Proposal:
+        n = len(live)
+        t = self._tree(n)
+        idx = torch.tensor([r.index for r in live], device=self.device)
+        roots = torch.tensor([r.out[-1] for r in live], dtype=torch.long, device=self.device)
+        if t.num_nodes > 1:
+            candidates = t.tree.fill_candidates(roots, self.heads.topk(self.state.index_select(0, idx), t.k_top))
+        else:
+            candidates = roots[:, None]
+        self.nodes_run[0] += n * t.num_nodes
+        self.nodes_run[1] += n
+        return Proposal(candidates, t.parents.expand(n, -1), t.depth_t.expand(n, -1),
+                        mask=t.mask.expand(n, -1, -1))
+
+    def accepted(self, ctx, live, verified):
+        rows = [off + path[-1] for off, path in zip(verified.offsets, verified.paths)]
+        idx = torch.tensor([r.index for r in live], device=self.device)
+        self.state.index_copy_(0, idx, verified.hidden.index_select(0, torch.tensor(rows, device=self.device)))
+
+    def stats(self) -> dict:
+        return {"mean_tree_nodes": self.nodes_run[0] / self.nodes_run[1] if self.nodes_run[1] else 0.0}
 
 
-# --------------------------------------------------------------------------- the method
-
-@register_method("medusa")
+@register_method("medusa", companion="medusa", recipe="medusa", lossless=True)
 def medusa(model, prompts: list[list[int]], *, max_new_tokens: int = 128, temperature: float = 0.0,
            top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-           stop_tokens=None, stream=None, heads=None, tree=None, acceptance: str | None = None,
-           posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
-           node_cost: float | None = None, page_size: int = 16) -> GenerationOutput:
-    """Medusa decoding. ``heads``: a ``MedusaHeads`` or its folder (default: the model's
-    ``medusa/`` companion). ``tree``: the static draft tree (see :func:`resolve_tree`); by
-    default, heads with a measured accuracy table size the tree each step for the number of
-    live rows (``node_cost``: the cost of one more tree token per row relative to a step's
-    fixed cost; default by device, :data:`NODE_COST`). ``acceptance``: ``"greedy"`` (default at
-    temperature 0; output identical to greedy AR), ``"typical"`` (Medusa's typical acceptance
-    with ``posterior_threshold`` / ``posterior_alpha`` at ``temperature`` > 0: drafts pass
-    the entropy-scaled test, the root and bonus tokens are the base model's argmax, as in
-    Medusa's original ``evaluate_posterior``) or ``"sampling"`` (default at temperature > 0;
-    lossless, honours ``top_k`` / ``top_p``, reproducible with ``seed``).
+           stop_tokens=None, stop_strings=None, tokenizer=None, stream=None, heads=None, tree=None,
+           acceptance: str | None = None, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
+           node_cost: float | None = None, page_size: int = 16, static_steps: bool | None = None):
+    """Medusa decoding (FasterDecoding/Medusa) for ragged batches. ``heads``: a ``MedusaHeads`` or
+    its folder (default: the model's ``medusa/`` companion). ``tree``: the static draft tree
+    (see :func:`resolve_tree`); by default, heads with a measured accuracy table size the tree
+    each step for the number of live rows (``node_cost``: the cost of one more tree token per
+    row relative to a step's fixed cost; default by device, :data:`NODE_COST`). ``acceptance``:
+    ``"greedy"`` (default at temperature 0; output identical to greedy AR), ``"typical"``
+    (Medusa's typical acceptance with ``posterior_threshold`` / ``posterior_alpha``) or
+    ``"sampling"`` (default at temperature > 0; lossless, ``top_k`` / ``top_p``, ``seed``).
+    ``static_steps``: fixed-shape verify steps (CUDA graphs on CUDA; default on CUDA with a
+    fixed tree).
 
-    Stats add ``accepted_lengths`` (per row, the tokens each tree step gained: accepted drafts
-    plus the bonus), ``mean_accepted_length``, ``accept_length_histogram``, ``tree_steps``,
-    ``tree`` ("auto" or the fixed tree's node count) and ``mean_tree_nodes`` (nodes a row ran
-    per step, root included).
+    Stats add ``accepted_lengths`` (per row, the tokens each step gained: accepted drafts plus
+    the bonus), ``mean_accepted_length``, ``accept_length_histogram``, ``tree_steps``, ``tree``
+    ("auto" or the fixed tree's node count) and ``mean_tree_nodes`` (nodes per row-step).
     """
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    acceptance = _check_options(temperature, top_k, top_p, acceptance, posterior_threshold,
-                                posterior_alpha)
-    if not model.config.causal:
-        raise ValueError("method 'medusa' needs a causal model; this one is a masked diffusion LM")
-    if not isinstance(page_size, int) or page_size <= 0:
-        raise ValueError(f"page_size must be a positive int, got {page_size!r}")
+    acceptance = resolve_acceptance(acceptance, temperature, top_k, top_p, posterior_threshold,
+                                    posterior_alpha)
     device = model.device
     if node_cost is None:
         node_cost = NODE_COST.get(device.type, NODE_COST["cuda"])
@@ -291,139 +295,10 @@ def medusa(model, prompts: list[list[int]], *, max_new_tokens: int = 128, temper
         raise ValueError(f"node_cost must be a number >= 0, got {node_cost!r}")
     heads = load_heads(model, heads)
     fixed = resolve_tree(tree, heads)
-    if fixed is None:
-        auto = _auto_trees(heads)
-        pick = lambda rows: auto.tree(auto.size_for(rows, float(node_cost)), device)  # noqa: E731
-        max_nodes = MAX_AUTO_NODES + 1
-    else:
-        step_tree = _StepTree(fixed, device)
-        pick = lambda rows: step_tree  # noqa: E731
-        max_nodes = fixed.num_nodes
-    stops = stop_token_set(model, stop_tokens)
-    stats = Stats()
-    outputs: list[list[int]] = [[] for _ in prompts]
-    accepted: list[list[int]] = [[] for _ in prompts]
-    node_count = [0, 0]                                    # tree nodes run, row-steps
-    extra = dict(acceptance=acceptance, tree="auto" if fixed is None else fixed.num_nodes)
-
-    def finish():
-        return GenerationOutput(outputs, stats.finish(
-            outputs, **_accept_stats(accepted), **extra,
-            mean_tree_nodes=node_count[0] / node_count[1] if node_count[1] else 0.0))
-
-    if max_new_tokens == 0:
-        return finish()
-
-    gen = make_generator(seed, device)
-    ps = page_size
-    need = sum(-(-(len(p) + max_new_tokens + max_nodes) // ps) + 1 for p in prompts)
-    cache = model.new_cache(num_pages=need, page_size=ps)
-    seqs = [cache.new_sequence() for _ in prompts]
-    with torch.no_grad():
-        # ---- prefill: every prompt in one forward; the root token and hidden state per row
-        step = StepInput.extend(cache, seqs, prompts, logits="last")
-        logits, hidden = model.forward_paged(step, cache, return_hidden=True)
-        if acceptance == "sampling":
-            first = sample_next(logits, temperature, top_k, top_p, gen).tolist()
-        else:
-            first = logits.argmax(dim=-1).tolist()
-        stats.call(len(prompts), len(prompts))
-        live, roots = [], []
-        for i, t in enumerate(first):
-            if t in stops:
-                continue
-            outputs[i].append(t)
-            if len(outputs[i]) < max_new_tokens:
-                live.append(i)
-                roots.append(t)
-        state = hidden.index_select(0, step.logits_indices)[live] if live else None   # [n, h]
-        if stream is not None:
-            stream([list(o) for o in outputs])
-
-        # ---- tree steps: draft, one forward over every live row's tree, verify, compact
-        while live:
-            n = len(live)
-            t = pick(n)
-            num_nodes = t.num_nodes
-            # a row with r tokens left runs only the levels it can use (depth <= r - 1)
-            sizes = [t.nodes_upto[min(t.max_depth, max_new_tokens - len(outputs[i]) - 1)] for i in live]
-            node_count[0] += sum(sizes)
-            node_count[1] += n
-            root_t = torch.tensor(roots, dtype=torch.long, device=device)
-            if num_nodes > 1:
-                candidates = t.tree.fill_candidates(root_t, heads.topk(state, t.k_top))   # [n, T]
-            else:
-                candidates = root_t[:, None]
-            width = torch.arange(num_nodes, device=device)
-            size_t = torch.tensor(sizes, device=device)
-            parents = t.parents.expand(n, -1).clone()
-            parents[width[None, :] >= size_t[:, None]] = -2                          # cut trees
-            cand_rows = candidates.tolist()
-            starts = [cache.seq_len(seqs[i]) for i in live]
-            step = StepInput.extend(
-                cache, [seqs[i] for i in live], [row[:s] for row, s in zip(cand_rows, sizes)],
-                positions=[[st + d for d in t.depth[:s]] for st, s in zip(starts, sizes)],
-                custom_mask=torch.cat([t.mask[:s, :s].reshape(-1) for s in sizes]))
-            logits, hidden = model.forward_paged(step, cache, return_hidden=True)
-            offsets = [0]
-            for s in sizes:
-                offsets.append(offsets[-1] + s)
-            offs_t = torch.tensor(offsets[:-1], device=device)
-            gather = offs_t[:, None] + torch.minimum(width[None, :], size_t[:, None] - 1)  # [n, T]
-
-            if acceptance == "greedy":
-                result = verify_tree_greedy(candidates, parents, logits.argmax(dim=-1)[gather])
-            elif acceptance == "typical":
-                result = verify_tree_typical(candidates, parents, logits[gather], posterior_threshold,
-                                             posterior_alpha, temperature)
-            else:
-                probs = warp_logits(logits[gather], temperature, top_k, top_p).softmax(dim=-1)
-                result = verify_tree_sampling(candidates, parents, None, probs,
-                                              draft_rule="deterministic", generator=gen)
-            accept_len = result.accept_len.tolist()
-            accept_index = result.accept_index.tolist()
-            bonus = result.bonus.tolist()
-
-            new = [[] for _ in prompts] if stream is not None else None
-            keep, last_rows, produced = [], [], 0
-            for j, i in enumerate(live):
-                path = accept_index[j][:accept_len[j]]
-                accepted[i].append(accept_len[j])
-                cache.compact(seqs[i], starts[j], [starts[j] + c for c in path])
-                gained = [cand_rows[j][c] for c in path[1:]] + [bonus[j]]
-                room = max_new_tokens - len(outputs[i])
-                stop_at = next((k for k, tok in enumerate(gained) if tok in stops), None)
-                if stop_at is not None and stop_at < room:
-                    produced += stop_at + 1
-                    kept, done = gained[:stop_at], True
-                else:
-                    kept = gained[:room]
-                    produced += len(kept)
-                    done = len(kept) == room
-                outputs[i] += kept
-                if new is not None:
-                    new[i] = kept
-                if not done:
-                    keep.append(j)
-                    last_rows.append(offsets[j] + path[-1])
-            stats.call(n, produced)
-            if stream is not None:
-                stream(new)
-            if keep:
-                state = hidden.index_select(0, torch.tensor(last_rows, device=device))
-                roots = [bonus[j] for j in keep]
-            live = [live[j] for j in keep]
-    for s in seqs:
-        cache.free(s)
-    return finish()
-
-
-def _accept_stats(accepted: list[list[int]]) -> dict:
-    flat = [a for row in accepted for a in row]
-    hist = Counter(flat)
-    return {
-        "accepted_lengths": accepted,
-        "mean_accepted_length": sum(flat) / len(flat) if flat else 0.0,
-        "accept_length_histogram": {int(k): hist[k] for k in sorted(hist)},
-        "tree_steps": len(flat),
-    }
+    drafter = MedusaDrafter(heads, fixed, float(node_cost), device)
+    return speculative_generate(
+        model, prompts, drafter, method="medusa", max_new_tokens=max_new_tokens,
+        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_tokens=stop_tokens,
+        stop_strings=stop_strings, tokenizer=tokenizer, stream=stream, acceptance=acceptance,
+        posterior_threshold=posterior_threshold, posterior_alpha=posterior_alpha, page_size=page_size,
+        static_steps=static_steps, extra_stats={"tree": "auto" if fixed is None else fixed.num_nodes})

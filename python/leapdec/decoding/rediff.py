@@ -58,7 +58,7 @@ def refined_model(model, refined=None):
         return cache[key]
 
 
-@register_method("rediff")
+@register_method("rediff", model_kind="masked", base_model="stdlib-mdm", companion="rediff", recipe="rediff")
 def rediff(model, prompts: list[list[int]], *, max_new_tokens: int = 128, gen_length: int | None = None,
            block_length: int | None = None, steps: int | None = None, refined=None, revise: bool = True,
            revise_start: int = 1, revise_topk: float = 1.0, policy: str = "topk",

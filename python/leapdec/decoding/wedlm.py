@@ -47,7 +47,7 @@ from collections import Counter
 
 import torch
 
-from leapdec.decoding.autoregressive import _acquire_cache
+from leapdec.engine.runner import Session
 from leapdec.decoding.base import (GenerationOutput, Stats, check_sampling, make_generator,
                                    register_method, sample_next, stop_token_set)
 from leapdec.kv_cache import PagedKVCache
@@ -256,7 +256,7 @@ class WeDLMDecoder:
                     row.filled[first + i] = True
 
 
-@register_method("wedlm")
+@register_method("wedlm", model_kind="causal-diffusion", base_model="stdlib-wedlm", recipe="wedlm")
 def wedlm(model, prompts: list[list[int]], *, max_new_tokens: int = 128, window: int = DEFAULT_WINDOW,
           threshold: float = DEFAULT_THRESHOLD, position_penalty: float = DEFAULT_POSITION_PENALTY,
           temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
@@ -297,10 +297,9 @@ def wedlm(model, prompts: list[list[int]], *, max_new_tokens: int = 128, window:
         return GenerationOutput(outputs, stats.finish(outputs, window=window))
 
     need = sum(-(-(len(p) + max_new_tokens) // page_size) for p in prompts)
-    ws, release = _acquire_cache(model, need, page_size)
     decoder = None
-    try:
-        decoder = WeDLMDecoder(model, prompts, ws.cache, mask_id=mask_id, stops=stops,
+    with Session(model, need, page_size) as session:
+        decoder = WeDLMDecoder(model, prompts, session.cache, mask_id=mask_id, stops=stops,
                                max_new_tokens=max_new_tokens, window=window, threshold=threshold,
                                position_penalty=position_penalty, temperature=temperature,
                                top_k=top_k, top_p=top_p, generator=make_generator(seed, model.device))
@@ -310,10 +309,6 @@ def wedlm(model, prompts: list[list[int]], *, max_new_tokens: int = 128, window:
                 stats.call(rows, sum(map(len, new)))
                 if stream is not None:
                     stream(new)
-    finally:
-        if decoder is not None:
-            decoder.free()
-        release()
     outputs = [row.out for row in decoder.rows]
     gained = [row.gained for row in decoder.rows]
     hist = Counter(g for row in gained for g in row)

@@ -22,8 +22,16 @@ RECIPES = {
 
 
 def _usage() -> str:
-    return ("usage: python -m leapdec.train RECIPE [options]\n"
-            f"recipes: {', '.join(sorted(RECIPES))} (RECIPE --help for its options)")
+    import leapdec.decoding  # noqa: F401  (registers the methods' specs)
+    from leapdec.engine.spec import specs
+
+    serves: dict[str, list[str]] = {}
+    for spec in specs():
+        if spec.recipe:
+            serves.setdefault(spec.recipe, []).append(spec.name)
+    lines = [f"  {name:10s} {'for ' + ', '.join(serves[name]) if name in serves else ''}" for name in sorted(RECIPES)]
+    return ("usage: python -m leapdec.train RECIPE [options]   (RECIPE --help for its options)\n"
+            "recipes (and the methods whose model or companion they make):\n" + "\n".join(lines))
 
 
 def run_recipe(name: str, argv: list[str] | None = None) -> int:

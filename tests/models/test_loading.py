@@ -176,7 +176,9 @@ def test_unreadable_companion_weights_name_the_file(tmp_path):
     from leapdec.models.drafter import FalconDrafter
     from leapdec.models.heads import MedusaHeads
 
-    heads = MedusaHeads(2, 64, 128, 1).save(tmp_path / "heads")
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    (heads / "config.json").write_text(json.dumps(MedusaHeads(2, 64, 128, 1).config))
     (heads / "medusa_heads.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
     with pytest.raises(ValueError, match=r"heads/medusa_heads\.safetensors is not a readable safetensors"):
         MedusaHeads.load(heads)

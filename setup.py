@@ -96,15 +96,16 @@ class CMakeBuild(build_ext):
         subprocess.check_call([cmake, "--build", ".", "--parallel", jobs], cwd=build_dir)
 
 
-setup(
-    name="leapdec",
-    version=VERSION,
-    package_dir={"": "python"},
-    packages=find_packages("python"),
-    install_requires=[torch_requirement(), *DEPENDENCIES],
-    package_data={"leapdec": ["zoo/**/*", "py.typed"]},
-    include_package_data=True,
-    ext_modules=[CMakeExtension("leapdec._C")],
-    cmdclass={"build_ext": CMakeBuild},
-    zip_safe=False,
-)
+if __name__ == "__main__":   # setuptools' build backend runs this file as __main__; tests import it
+    setup(
+        name="leapdec",
+        version=VERSION,
+        package_dir={"": "python"},
+        packages=find_packages("python"),
+        install_requires=[torch_requirement(), *DEPENDENCIES],
+        package_data={"leapdec": ["zoo/**/*", "py.typed"]},
+        include_package_data=True,
+        ext_modules=[CMakeExtension("leapdec._C")],
+        cmdclass={"build_ext": CMakeBuild},
+        zip_safe=False,
+    )

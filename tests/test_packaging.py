@@ -75,3 +75,29 @@ def test_torch_mismatch_is_a_clear_import_error():
     with pytest.raises(ImportError, match="compiled against torch 2.13.0"):
         leapdec.check_torch_version("2.13.0+cpu", "2.14.1+cu130")
     leapdec.check_torch_version("2.13.0+cpu", "2.13.0+cu130")   # same release, other build: fine
+
+
+def _setup_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("leapdec_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)      # setup() itself only runs as __main__
+    return module
+
+
+def test_cmake_build_folder_stays_out_of_the_sources(tmp_path, monkeypatch):
+    """A wheel build puts CMake's folder under setuptools' build_temp (a temporary folder under
+    `python -m build`); only an editable install keeps a persistent build/<tag> for ninja."""
+    from setuptools import Distribution
+
+    setup_py = _setup_module()
+    assert setup_py.torch_requirement() == f"torch=={torch.__version__.split('+')[0]}"
+    monkeypatch.delenv("LEAPDEC_BUILD_DIR", raising=False)
+    cmd = setup_py.CMakeBuild(Distribution())
+    cmd.build_temp = str(tmp_path / "temp")
+    assert cmd.cmake_build_dir("tag") == str(tmp_path / "temp" / "tag")
+    cmd.editable_mode = True
+    assert cmd.cmake_build_dir("tag") == str(ROOT / "build" / "tag")
+    monkeypatch.setenv("LEAPDEC_BUILD_DIR", str(tmp_path / "mine"))
+    assert cmd.cmake_build_dir("tag") == str(tmp_path / "mine")

@@ -242,32 +242,41 @@ def load_gguf(path, device="cpu", dtype=None, checkpoint_dir=None) -> Transforme
     expected = dict(model.named_parameters())
     permute = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}
     state = {}
-    for t in reader.tensors:
+    for t in reader.tensors:                  # names and types first: fail before any work
         name = _our_name(t.name)
         if name is None or name not in expected:
             raise GGUFError(f"{path}: tensor {t.name!r} is not part of a {config.model_type} model "
                             f"with this metadata")
-        w = dequantize_tensor(t, path)
-        want = tuple(expected[name].shape)
-        if w.shape != want:
-            raise GGUFError(f"{path}: tensor {t.name!r} has shape {w.shape}, the metadata implies {want}")
-        if config.model_type == "llama":
-            proj = name.split(".")[-2]
-            if proj in permute:
-                w = unpermute_qk(w, permute[proj])
-        if not w.flags.writeable:               # a view of the memory-mapped file (F32 tensors)
-            w = w.copy()
-        state[name] = torch.from_numpy(np.ascontiguousarray(w)).to(device=device, dtype=target)
-    missing = [n for n in expected if n not in state]
+        if t.tensor_type.name not in SUPPORTED_TYPES:
+            dequantize_tensor(t, path)        # raises the error naming the tensor and its type
+    present = {_our_name(t.name) for t in reader.tensors}
+    missing = [n for n in expected if n not in present]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise GGUFError(f"{path}: tensor(s) for {', '.join(missing[:5])}{more} are missing")
+    for t in reader.tensors:
+        name = _our_name(t.name)
+        state[name] = _to_torch(dequantize_tensor(t, path), t.name, name, expected, config, permute,
+                                path, device, target)
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else path.resolve().parent / path.stem
     model.gguf_path = path.resolve()
     return model.eval()
+
+
+def _to_torch(w, gguf_name, name, expected, config, permute, path, device, target) -> torch.Tensor:
+    want = tuple(expected[name].shape)
+    if w.shape != want:
+        raise GGUFError(f"{path}: tensor {gguf_name!r} has shape {w.shape}, the metadata implies {want}")
+    if config.model_type == "llama":
+        proj = name.split(".")[-2]
+        if proj in permute:
+            w = unpermute_qk(w, permute[proj])
+    if not w.flags.writeable:                 # a view of the memory-mapped file (F32 tensors)
+        w = w.copy()
+    return torch.from_numpy(np.ascontiguousarray(w)).to(device=device, dtype=target)
 
 
 # ---------------------------------------------------------------------------------- tokenizer

@@ -4,8 +4,9 @@
     python .ci/wheel_check.py dist/leapdec-*.whl README.md
 
 Checks the wheel's contents and its torch pin, that ``import leapdec`` comes from site-packages,
-runs every ```python block of the README, and ``leapdec bench`` / ``leapdec --help`` from the
-installed console script. Prints 'N passed, N failed' last; exits non-zero on any failure.
+runs every ```python block of the README (but those marked ``# wheel-check: skip``, e.g. ones that
+need an optional extra), and ``leapdec bench`` / ``leapdec --help`` from the installed console
+script. Prints 'N passed, N failed' last; exits non-zero on any failure.
 """
 
 from __future__ import annotations
@@ -47,8 +48,12 @@ def check_import_location(source_root: Path) -> None:
     assert info["torch_compiled"] and info["torch"], info
 
 
+SKIP_MARK = "# wheel-check: skip"   # a README block needing an optional extra can opt out with this line
+
+
 def readme_blocks(readme: Path) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", readme.read_text(), flags=re.S | re.M)
+    blocks = re.findall(r"^```python\n(.*?)^```", readme.read_text(), flags=re.S | re.M)
+    return [b for b in blocks if SKIP_MARK not in b]
 
 
 def run_cli(*args: str, cwd: str) -> None:

@@ -1,4 +1,4 @@
-"""`leapdec demo | generate | bench | train` — the command-line front of the package."""
+"""`leapdec demo | generate | chat | bench | train` — the command-line front of the package."""
 
 from __future__ import annotations
 
@@ -140,13 +140,26 @@ def _generate(args) -> int:
     tok = leapdec.load_tokenizer(args.model)
     ids = tok.encode(args.prompt).ids
     options = parse_options(args.option, args.method)
+    if args.chat:                          # PROMPT is a user message; stop at the end of the turn
+        from leapdec import chat
+
+        template = chat.chat_template(model if getattr(model, "gguf_path", None) else args.model)
+        ids = tok.encode(template.render([{"role": "user", "content": args.prompt}]), add_special_tokens=False).ids
+        options.setdefault("stop_tokens", chat.stop_tokens(template, tok, model))
     out = leapdec.generate(model, [ids], method=args.method, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, **options)
-    sys.stdout.write(args.prompt + tok.decode(out.tokens[0]) + "\n")
+    sys.stdout.write(("" if args.chat else args.prompt) + tok.decode(out.tokens[0]) + "\n")
     stats = {k: v for k, v in out.stats.items() if isinstance(v, (int, float))}
     print("--", ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()),
           file=sys.stderr)
     return 0
+
+
+def _chat(args) -> int:
+    from leapdec.chat import repl
+
+    return repl(args.model, device=args.device, method=args.method, max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature, system=args.system)
 
 
 def _bench(args) -> int:
@@ -238,8 +251,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a method option, repeatable (e.g. -o block_length=32 -o eotp=true): values are "
                         "booleans (true/false/1/0), ints, floats, none or strings; options with a flag "
                         "of their own (temperature, max_new_tokens, method, model, device) are refused")
+    p.add_argument("--chat", action="store_true",
+                   help="PROMPT is a user message: apply the model's chat template, print only the reply, "
+                        "stop at its end-of-turn token")
     _add_debug(p)
     p.set_defaults(fn=_generate)
+
+    p = sub.add_parser("chat", help="chat with a model in the terminal (streams the replies)",
+                       description="Read one user message per line, stream the model's reply (its chat template "
+                                   "applied, stopping at its end-of-turn token); /reset starts over, /exit quits.")
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="zoo name, GGUF file or checkpoint directory with a chat template (default: %(default)s)")
+    p.add_argument("--method", default="ar", choices=methods, metavar="METHOD",
+                   help=f"decoding method, {method_choices} (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per reply (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 decodes greedily, > 0 samples (default: %(default)s)")
+    p.add_argument("--system", default=None, help="a system message opening the conversation")
+    p.add_argument("--device", type=_device, default="cpu", metavar="DEVICE",
+                   help=f"{DEVICE_HELP} (default: %(default)s)")
+    _add_debug(p)
+    p.set_defaults(fn=_chat)
 
     p = sub.add_parser("bench", help="run the op and decoding benchmarks (leapdec.bench)",
                        usage="leapdec bench [--quick] [--out OUT] [NAME [options of the benchmark]]",

@@ -167,11 +167,12 @@ OPTIONS = ("temperature", "choice_temperature", "pre_full", "local_steps", "page
 
 @torch.no_grad()
 def sample(model: MaskGIT, labels, method: str = "maskgit", steps: int = 16, seed: int = 0,
-           temperature: float = 1.0, choice_temperature: float = 4.5, pre_full: int | None = None,
+           temperature: float = 0.7, choice_temperature: float = 4.5, pre_full: int | None = None,
            local_steps: int = 3, page_size: int = 16) -> ImageSample:
     """Generate one image per label with ``method`` in ``steps`` steps (see the module doc).
 
-    ``temperature``: token sampling temperature (0 = argmax); ``choice_temperature``: the scale
+    ``temperature``: token sampling temperature (0 = argmax; 0.7 by default: on digits-maskgit it
+    gave the best Fréchet distance of 1.0 / 0.7 / 0.5 at 16 steps); ``choice_temperature``: the scale
     of the Gumbel noise on the confidences, annealed linearly to 0 over the steps (MaskGIT's 4.5).
     ReCAP: ``pre_full`` full steps first (default ``steps // 4``), then each full step is followed
     by ``local_steps`` local steps. Deterministic for a ``seed``.

@@ -181,8 +181,9 @@ def train_maskgit(out_dir, preset: str = "default", steps: int | None = None, se
 
         judge = train_judge()
         labels = torch.arange(p.sample_eval) % data.NUM_CLASSES
-        out = sample(saved, labels, method="maskgit", steps=16, seed=seed)
+        out = sample(saved, labels, method="maskgit", steps=16, seed=seed, temperature=1.0)
         ev.update(sample_method="maskgit", sample_steps=16, sample_images=p.sample_eval,
+                  sample_temperature=1.0,
                   class_consistency=round(judge.consistency(out.images_8x8, labels), 4),
                   frechet_distance=round(judge.frechet(out.images_8x8), 3),
                   judge="sklearn MLPClassifier(64) on the training split, 8x8 scaled to 0..1",

@@ -212,3 +212,18 @@ def test_local_step_overwrites_only_its_own_slots(model):
     keep = all_slots[others[all_slots]]
     for k_now, k_then in zip(run.cache.k_caches, before):
         assert torch.equal(at(k_now, keep), at(k_then, keep))
+
+
+def test_load_refuses_a_checkpoint_that_is_not_an_image_generator(tmp_path):
+    import leapdec.images
+    from leapdec.models import ModelConfig
+
+    (tmp_path / "lm").mkdir()
+    ModelConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2).save_json(tmp_path / "lm" / "config.json")
+    with pytest.raises(ValueError, match="not an image generator"):
+        leapdec.images.load(tmp_path / "lm")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    assert model_.describe(tmp_path / "broken") == {}
+    assert model_.describe(tmp_path / "absent") == {}

@@ -138,5 +138,10 @@ def load(directory, device="cpu", dtype=torch.float32) -> MaskGIT:
 
 def describe(directory) -> dict:
     """The image section of a checkpoint's config (what ``load`` checks)."""
-    d = json.loads((Path(directory) / "config.json").read_text())
-    return (d.get("leapdec") or {}).get("image") or {}
+    try:
+        d = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    ext = d.get("leapdec") if isinstance(d, dict) else None
+    info = ext.get("image") if isinstance(ext, dict) else None
+    return info if isinstance(info, dict) else {}

@@ -288,3 +288,41 @@ def test_errors_are_clear(hf_model, tmp_path):
         MedusaHeads(0, 8, 8)
     with pytest.raises(ValueError, match="dtype"):
         generate(model, PROMPTS, method="medusa", heads=MedusaHeads.from_base(model, 2).to(torch.bfloat16))
+
+
+def test_heads_sharing_the_lm_head(tmp_path):
+    """Heads that project with the base's frozen LM head: their file holds only the ResBlocks,
+    they are bound to the model on load, and greedy decoding stays identical to greedy AR."""
+    from safetensors import safe_open
+
+    model = tiny_model("llama", seed=11)
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randint(3, model.config.vocab_size, (16, 6), generator=g).tolist() + PROMPTS
+    hidden, targets = self_distill(model, prompts, 24, 3, gen_batch=32)
+    heads = MedusaHeads.from_base(model, 3, shared_lm_head=True)
+    assert all(p.shape != model.lm_head.weight.shape for p in heads.parameters())
+    opt = torch.optim.Adam(heads.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss, _ = heads_loss(heads, hidden, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    heads.eval().save(tmp_path)
+    with safe_open(str(tmp_path / "medusa_heads.safetensors"), "pt") as f:
+        assert all("linear" in k for k in f.keys())                 # ResBlocks only
+    loaded = MedusaHeads.load(tmp_path)
+    with pytest.raises(RuntimeError, match="attach"):
+        loaded.topk(torch.zeros(1, model.config.hidden_size), 2)
+    ar = generate(model, PROMPTS, method="ar", max_new_tokens=24, stop_tokens=[])
+    out = generate(model, PROMPTS, method="medusa", heads=str(tmp_path), tree=6, max_new_tokens=24,
+                   stop_tokens=[])
+    assert out.tokens == ar.tokens
+    torch.testing.assert_close(loaded.attach(model).topk(hidden[:4], 3), heads.topk(hidden[:4], 3))
+
+
+def test_heads_own_their_output_layers():
+    """Each head has its own vocabulary projection (loading must not alias them)."""
+    model = tiny_model("llama", seed=11)
+    heads = MedusaHeads.from_base(model, 3)
+    outs = [h[-1] for h in heads.heads]
+    assert len({id(o) for o in outs}) == 3

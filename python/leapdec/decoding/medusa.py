@@ -47,6 +47,7 @@ def load_heads(model, heads=None) -> MedusaHeads:
     """The Medusa heads for ``model``: ``heads`` itself when it is a ``MedusaHeads``, else the
     folder ``heads`` or the model's ``medusa/`` companion, on the model's device and dtype."""
     if isinstance(heads, MedusaHeads):
+        heads.check_base(model)
         return heads.attach(model)
     loaded = load_companion(model, "medusa", heads, loaded_type=MedusaHeads, filename=WEIGHTS_FILE,
                             hint=_HINT, argument="heads", check=lambda h: h.attach(model).check_base(model),

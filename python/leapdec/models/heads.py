@@ -7,6 +7,12 @@ head (``from_base`` copies its weights) applied to a slightly shifted hidden sta
 final-norm hidden state at position t, head i predicts the token at position ``t + i + 2`` (the
 base LM head predicts ``t + 1``).
 
+With ``shared_lm_head`` (the default of the recipe) a head is its ResBlocks only and projects
+with the base model's own frozen LM head: the heads then cost one GEMM over the LM head for all
+heads together instead of one vocabulary projection each, and their file holds only the
+ResBlocks (Medusa copies the LM head into every head at initialisation; sharing it keeps it
+frozen). Such heads are bound to their base with ``attach(model)`` before use.
+
 A trained set of heads is a folder: ``medusa_heads.safetensors`` plus a ``config.json`` holding
 the shape and, optionally, measured head accuracies and a default draft tree.
 """
@@ -48,7 +54,7 @@ class MedusaHeads(nn.Module):
     """
 
     def __init__(self, num_heads: int, hidden_size: int, vocab_size: int, num_layers: int = 1,
-                 device=None, dtype=None, meta: dict | None = None):
+                 device=None, dtype=None, meta: dict | None = None, shared_lm_head: bool = False):
         super().__init__()
         for name, value in (("num_heads", num_heads), ("hidden_size", hidden_size),
                             ("vocab_size", vocab_size)):
@@ -58,19 +64,47 @@ class MedusaHeads(nn.Module):
             raise ValueError(f"num_layers must be an int >= 0, got {num_layers!r}")
         self.num_heads, self.hidden_size, self.vocab_size, self.num_layers = (
             num_heads, hidden_size, vocab_size, num_layers)
+        self.shared_lm_head = bool(shared_lm_head)
+        if self.shared_lm_head and num_layers < 1:
+            raise ValueError("shared_lm_head heads need num_layers >= 1 (else every head is the LM head)")
+        def output():                       # each head its own projection unless the LM head is shared
+            if self.shared_lm_head:
+                return []
+            return [nn.Linear(hidden_size, vocab_size, bias=False, device=device, dtype=dtype)]
+
         self.heads = nn.ModuleList(
-            nn.Sequential(*[ResBlock(hidden_size, device, dtype) for _ in range(num_layers)],
-                          nn.Linear(hidden_size, vocab_size, bias=False, device=device, dtype=dtype))
+            nn.Sequential(*[ResBlock(hidden_size, device, dtype) for _ in range(num_layers)], *output())
             for _ in range(num_heads))
         self.meta = dict(meta or {})
         self._stacked, self._stacked_key = None, None
+        self._lm_head: tuple = ()            # (weight,) of the base's LM head when shared (not a parameter)
+
+    def attach(self, model) -> "MedusaHeads":
+        """Bind shared-LM-head heads to ``model``'s LM head (no-op for heads with their own)."""
+        if self.shared_lm_head:
+            self.check_base(model)
+            self._lm_head = (model.lm_head.weight,)
+        return self
+
+    def _shared_weight(self) -> torch.Tensor:
+        if not self._lm_head:
+            raise RuntimeError("these Medusa heads share the base model's LM head: call heads.attach(model) "
+                               "first (generate(..., method='medusa') does it)")
+        return self._lm_head[0]
+
+    def _trunk(self, head: nn.Sequential) -> nn.Sequential:
+        return head if self.shared_lm_head else head[:-1]
 
     @classmethod
-    def from_base(cls, model, num_heads: int = 4, num_layers: int = 1) -> "MedusaHeads":
-        """Fresh heads for ``model`` (a ``Transformer``), each output layer a copy of its LM head."""
+    def from_base(cls, model, num_heads: int = 4, num_layers: int = 1,
+                  shared_lm_head: bool = False) -> "MedusaHeads":
+        """Fresh heads for ``model`` (a ``Transformer``): each output layer a copy of its LM head,
+        or (``shared_lm_head``) the LM head itself, frozen."""
         cfg = model.config
         heads = cls(num_heads, cfg.hidden_size, cfg.vocab_size, num_layers,
-                    device=model.device, dtype=model.dtype)
+                    device=model.device, dtype=model.dtype, shared_lm_head=shared_lm_head)
+        if shared_lm_head:
+            return heads.attach(model)
         with torch.no_grad():
             for head in heads.heads:
                 head[-1].weight.copy_(model.lm_head.weight)
@@ -79,13 +113,17 @@ class MedusaHeads(nn.Module):
     @property
     def config(self) -> dict:
         return {"num_heads": self.num_heads, "num_layers": self.num_layers,
-                "hidden_size": self.hidden_size, "vocab_size": self.vocab_size, **self.meta}
+                "hidden_size": self.hidden_size, "vocab_size": self.vocab_size,
+                "shared_lm_head": self.shared_lm_head, **self.meta}
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden [..., h]`` -> logits ``[..., num_heads, vocab]``."""
         if hidden.shape[-1] != self.hidden_size:
             raise ValueError(f"hidden must end in hidden_size={self.hidden_size}, got shape "
                              f"{tuple(hidden.shape)}")
+        if self.shared_lm_head:
+            w = self._shared_weight()
+            return torch.stack([F.linear(head(hidden), w) for head in self.heads], dim=-2)
         return torch.stack([head(hidden) for head in self.heads], dim=-2)
 
     def _stacked_output(self) -> torch.Tensor:
@@ -105,8 +143,11 @@ class MedusaHeads(nn.Module):
             raise ValueError(f"k must be in [1, {self.vocab_size}], got {k}")
         if hidden.dim() != 2 or hidden.shape[-1] != self.hidden_size:
             raise ValueError(f"hidden must be [N, {self.hidden_size}], got shape {tuple(hidden.shape)}")
-        x = torch.stack([head[:-1](hidden) for head in self.heads])             # [H, N, h]
-        logits = torch.bmm(x, self._stacked_output())                            # [H, N, V]
+        x = torch.stack([self._trunk(head)(hidden) for head in self.heads])     # [H, N, h]
+        if self.shared_lm_head:                                                  # one GEMM, all heads
+            logits = F.linear(x, self._shared_weight())                          # [H, N, V]
+        else:
+            logits = torch.bmm(x, self._stacked_output())                        # [H, N, V]
         return logits.topk(k, dim=-1).indices.transpose(0, 1)
 
     def check_base(self, model) -> None:
@@ -115,7 +156,7 @@ class MedusaHeads(nn.Module):
         if (cfg.hidden_size, cfg.vocab_size) != (self.hidden_size, self.vocab_size):
             raise ValueError(f"heads: Medusa heads for hidden {self.hidden_size} / vocab {self.vocab_size} "
                              f"do not fit a model with hidden {cfg.hidden_size} / vocab {cfg.vocab_size}")
-        weight = self.heads[0][-1].weight
+        weight = next(self.parameters())
         if weight.device != model.device or weight.dtype != model.dtype:
             raise ValueError(f"heads: Medusa heads on {weight.device} / {weight.dtype}, the model on "
                              f"{model.device} / {model.dtype}: move them with heads.to(device, dtype)")
@@ -144,9 +185,9 @@ class MedusaHeads(nn.Module):
         state = read_safetensors(weights, device=str(device))
         if dtype is None:
             dtype = next(iter(state.values())).dtype
-        meta = {k: v for k, v in cfg.items() if k not in _SHAPE_KEYS}
+        meta = {k: v for k, v in cfg.items() if k not in _SHAPE_KEYS + ("shared_lm_head",)}
         heads = cls(cfg["num_heads"], cfg["hidden_size"], cfg["vocab_size"], cfg["num_layers"],
-                    device="meta", meta=meta)
+                    device="meta", meta=meta, shared_lm_head=bool(cfg.get("shared_lm_head", False)))
         try:
             heads.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as e:

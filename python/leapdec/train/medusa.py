@@ -64,6 +64,7 @@ class Preset:
     eval_prompts: int = 8         # held-out function prompts for the decoding evaluation
     eval_new_tokens: int = 128
     eval_every: int = 100
+    shared_lm_head: bool = True   # heads project with the frozen base LM head (one GEMM for all heads)
 
 
 PRESETS = {
@@ -319,7 +320,7 @@ def train_medusa(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
     data_s = time.perf_counter() - data_start
 
     # --- heads
-    heads = MedusaHeads.from_base(model, p.num_heads, p.num_layers).float().train()
+    heads = MedusaHeads.from_base(model, p.num_heads, p.num_layers, p.shared_lm_head).float().train()
     params = list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=p.lr, betas=(0.9, 0.95), weight_decay=p.weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -370,7 +371,7 @@ def train_medusa(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
                                    for k in (1, 2, 4, 8, 16, 32, MAX_AUTO_NODES)},
     }
     heads.save(out_dir)
-    saved = MedusaHeads.load(out_dir, device=device, dtype=torch.float32)
+    saved = MedusaHeads.load(out_dir, device=device, dtype=torch.float32).attach(model)
     ids = tokenizers_.special_token_ids(tok)
     prompts = [[ids["eos"]] + tok.encode(e.prompt, add_special_tokens=False).ids
                for e in corpus.eval_prompts(p.eval_prompts, seed=0)]
@@ -381,7 +382,9 @@ def train_medusa(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
         "name": f"{base_dir.name}/{out_dir.name}" if out_dir.parent == base_dir else out_dir.name,
         "card_version": cards.CARD_VERSION,
         "summary": (f"Medusa-1 heads ({p.num_heads} heads x {p.num_layers} ResBlock) for "
-                    f"{base_dir.name}, trained by self-distillation on the frozen backbone "
+                    f"{base_dir.name}"
+                    f"{', sharing its frozen LM head' if p.shared_lm_head else ''}, trained by "
+                    f"self-distillation on the frozen backbone "
                     f"(leapdec.train.medusa, preset {preset!r})."),
         "command": command,
         "date": cards.now_iso(),
@@ -400,7 +403,7 @@ def train_medusa(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
                    "train_stream_tokens": int(train_stream.numel()),
                    "heldout_rule": "corpus.split_of: SHA-1 of the relative path, lowest 2 %",
                    "fingerprint": corpus.corpus_info().fingerprint},
-        "model": {"num_heads": p.num_heads, "num_layers": p.num_layers,
+        "model": {"num_heads": p.num_heads, "num_layers": p.num_layers, "shared_lm_head": p.shared_lm_head,
                   "hidden_size": heads.hidden_size, "vocab_size": heads.vocab_size,
                   "parameters": n_params, "storage_dtype": "float32",
                   "base_model_sha256": heads.meta["base_model_sha256"],

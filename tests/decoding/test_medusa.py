@@ -326,3 +326,21 @@ def test_heads_own_their_output_layers():
     heads = MedusaHeads.from_base(model, 3)
     outs = [h[-1] for h in heads.heads]
     assert len({id(o) for o in outs}) == 3
+
+
+def test_fixed_shape_verify_steps_equal_greedy_ar(hf_model):
+    """static_steps=True: every row runs the whole tree in a fixed-shape step (what a CUDA graph
+    replays on a GPU; eager on CPU); trees cut near max_new_tokens are only cut in verification."""
+    model, heads = hf_model
+    ar = generate(model, PROMPTS, method="ar", max_new_tokens=21, stop_tokens=[])
+    out = generate(model, PROMPTS, method="medusa", heads=heads, tree=8, static_steps=True,
+                   max_new_tokens=21, stop_tokens=[], page_size=4)
+    assert out.tokens == ar.tokens
+
+
+def test_fixed_shape_steps_need_a_fixed_tree():
+    import leapdec
+
+    model = leapdec.load_model("stdlib-ar")
+    with pytest.raises(ValueError, match="static_steps"):
+        generate(model, [[5, 6, 7]], method="medusa", tree="auto", static_steps=True, max_new_tokens=4)

@@ -56,7 +56,8 @@ class LookupDrafter:
         par = [[-1] + list(range(len(d))) + [ABSENT_PARENT] * (width - 1 - len(d)) for d in drafts]
         depth = torch.arange(width, device=self.device).expand(n, -1)
         return Proposal(torch.tensor(cand, dtype=torch.long, device=self.device),
-                        torch.tensor(par, dtype=torch.int32, device=self.device), depth)
+                        torch.tensor(par, dtype=torch.int32, device=self.device), depth,
+                        sizes=[1 + len(d) for d in drafts])
 
     def accepted(self, ctx, live, verified):
         pass

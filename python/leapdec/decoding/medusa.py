@@ -255,7 +255,7 @@ class MedusaDrafter:
         self.nodes_run[0] += n * t.num_nodes
         self.nodes_run[1] += n
         return Proposal(candidates, t.parents.expand(n, -1), t.depth_t.expand(n, -1),
-                        mask=t.mask.expand(n, -1, -1))
+                        mask=t.mask.expand(n, -1, -1), sizes=[t.num_nodes] * n)
 
     def accepted(self, ctx, live, verified):
         rows = [off + path[-1] for off, path in zip(verified.offsets, verified.paths)]

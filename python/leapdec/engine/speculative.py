@@ -17,6 +17,7 @@ Drafters: ``decoding.medusa`` (heads), ``decoding.falcon`` (semi-AR drafter), ``
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,13 +40,15 @@ class Proposal:
     ``candidates [n, T]`` int64 tokens (node 0: the row's last token), ``parents [n, T]`` int32,
     ``depth [n, T]`` int64, optional ``mask [n, T, T]`` bool ancestor mask (built with
     ``build_tree`` when None), optional ``draft_probs [n, T, V]`` (the drafter's distribution at
-    each node for lossless sampling with sampled drafts; None: drafts are deterministic)."""
+    each node for lossless sampling with sampled drafts; None: drafts are deterministic),
+    optional ``sizes`` (present nodes per row, saves a count on the device)."""
 
     candidates: torch.Tensor
     parents: torch.Tensor
     depth: torch.Tensor
     mask: torch.Tensor | None = None
     draft_probs: torch.Tensor | None = None
+    sizes: list[int] | None = None       # present nodes per row (None: counted from parents)
 
 
 @dataclass
@@ -134,12 +137,12 @@ def resolve_acceptance(acceptance, temperature, top_k, top_p, posterior_threshol
 
 
 def _tree_step(ctx: SpecContext, live: list[Row], prop: Proposal, parents_cut: torch.Tensor,
-               sizes: list[int], cand_rows: list[list[int]], starts: list[int], need_hidden: bool):
+               sizes: list[int], cand_rows: list[list[int]], depth_rows: list[list[int]],
+               starts: list[int], need_hidden: bool):
     """One target forward over the live rows' trees; returns logits, hidden, per-row offsets."""
     model, cache = ctx.model, ctx.cache
     n, T = prop.candidates.shape
     seqs = [ctx.seqs[r.index] for r in live]
-    depth_rows = prop.depth.tolist()
     if ctx.static is not None and prop.mask is not None:
         # fixed shape: every row runs all T nodes (cut nodes are computed, never accepted)
         cache.append(seqs, [T] * n)
@@ -173,30 +176,35 @@ def verify_and_commit(ctx: SpecContext, rows: Rows, live: list[Row], prop: Propo
     """Verify the proposal with one target forward, compact the cache, commit the gained tokens."""
     device = ctx.model.device
     n, T = prop.candidates.shape
+    cand_rows, depth_rows = prop.candidates.tolist(), prop.depth.tolist()
+    full = prop.sizes if prop.sizes is not None else (prop.parents != ABSENT_PARENT).sum(1).tolist()
+    # a row with r tokens of room keeps the nodes of depth <= r - 1 (a prefix: nodes are by depth)
+    sizes = [size if d[size - 1] < r.room else bisect.bisect_right(d, r.room - 1, 0, size)
+             for r, d, size in zip(live, depth_rows, full)]
     parents = prop.parents.to(device=device, dtype=torch.int32)
-    # a row with r tokens of room keeps the nodes of depth <= r - 1 (a suffix: nodes are by depth)
-    room = torch.tensor([r.room - 1 for r in live], device=device)
-    depth = prop.depth.to(device)
-    parents = torch.where(depth > room[:, None], torch.full_like(parents, ABSENT_PARENT), parents)
-    present = parents != ABSENT_PARENT
-    sizes = present.sum(1).tolist()
-    cand_rows = prop.candidates.tolist()
+    if sizes != full:
+        keep = torch.arange(T, device=device)[None, :] < torch.tensor(sizes, device=device)[:, None]
+        parents = torch.where(keep, parents, torch.full_like(parents, ABSENT_PARENT))
     seqs = [ctx.seqs[r.index] for r in live]
     starts = [ctx.cache.seq_len(s) for s in seqs]
-    logits, hidden, offsets = _tree_step(ctx, live, prop, parents, sizes, cand_rows, starts, need_hidden)
+    logits, hidden, offsets = _tree_step(ctx, live, prop, parents, sizes, cand_rows, depth_rows, starts,
+                                         need_hidden)
     check_logits(logits, method, ctx.steps + 1)
-    offs_t = torch.tensor(offsets, device=device)
-    node = torch.arange(T, device=device)
-    size_t = torch.tensor(sizes, device=device)
-    gather = offs_t[:, None] + torch.minimum(node[None, :], size_t[:, None] - 1)      # [n, T]
+    if logits.shape[0] == n * T:                       # every row ran all T nodes: a plain view
+        node_logits = logits.view(n, T, -1)
+    else:
+        offs_t = torch.tensor(offsets, device=device)
+        node = torch.arange(T, device=device)
+        size_t = torch.tensor(sizes, device=device)
+        node_logits = logits[offs_t[:, None] + torch.minimum(node[None, :], size_t[:, None] - 1)]   # [n, T, V]
     candidates = prop.candidates.to(device)
     if ctx.acceptance == "greedy":
-        result = verify_tree_greedy(candidates, parents, logits.argmax(dim=-1)[gather])
+        result = verify_tree_greedy(candidates, parents, node_logits.argmax(dim=-1))
     elif ctx.acceptance == "typical":
-        result = verify_tree_typical(candidates, parents, logits[gather], ctx.posterior_threshold,
+        result = verify_tree_typical(candidates, parents, node_logits, ctx.posterior_threshold,
                                      ctx.posterior_alpha, ctx.temperature)
     else:
-        probs = warp_logits(logits[gather], ctx.temperature, ctx.top_k, ctx.top_p).softmax(dim=-1)
+        probs = warp_logits(node_logits, ctx.temperature, ctx.top_k, ctx.top_p).softmax(dim=-1)
         rule = "deterministic" if prop.draft_probs is None else "sampled"
         result = verify_tree_sampling(candidates, parents, prop.draft_probs, probs,
                                       draft_rule=rule, generator=ctx.generator)

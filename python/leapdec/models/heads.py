@@ -92,8 +92,11 @@ class MedusaHeads(nn.Module):
                                "first (generate(..., method='medusa') does it)")
         return self._lm_head[0]
 
-    def _trunk(self, head: nn.Sequential) -> nn.Sequential:
-        return head if self.shared_lm_head else head[:-1]
+    def _trunk(self, head: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """The head's ResBlocks applied to ``x`` (slicing a Sequential would build a module)."""
+        for i in range(self.num_layers):
+            x = head[i](x)
+        return x
 
     @classmethod
     def from_base(cls, model, num_heads: int = 4, num_layers: int = 1,
@@ -136,6 +139,19 @@ class MedusaHeads(nn.Module):
             self._stacked_key = key
         return self._stacked
 
+    def _stacked_resblocks(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per ResBlock layer, the heads' weights as ``[H, h, h]`` (transposed) and biases
+        ``[H, 1, h]`` for one batched matmul (rebuilt when a weight changes)."""
+        blocks = [[head[i].linear for head in self.heads] for i in range(self.num_layers)]
+        key = tuple((m.weight.data_ptr(), m.weight._version, m.bias.data_ptr(), m.bias._version)
+                    for layer in blocks for m in layer)
+        if key != getattr(self, "_blocks_key", None):
+            self._blocks = [(torch.stack([m.weight.detach() for m in layer]).transpose(1, 2).contiguous(),
+                             torch.stack([m.bias.detach() for m in layer])[:, None, :].contiguous())
+                            for layer in blocks]
+            self._blocks_key = key
+        return self._blocks
+
     @torch.no_grad()
     def topk(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
         """Token ids ``[N, num_heads, k]`` (best first) of each head at ``hidden [N, h]``."""
@@ -143,7 +159,9 @@ class MedusaHeads(nn.Module):
             raise ValueError(f"k must be in [1, {self.vocab_size}], got {k}")
         if hidden.dim() != 2 or hidden.shape[-1] != self.hidden_size:
             raise ValueError(f"hidden must be [N, {self.hidden_size}], got shape {tuple(hidden.shape)}")
-        x = torch.stack([self._trunk(head)(hidden) for head in self.heads])     # [H, N, h]
+        x = hidden.unsqueeze(0).expand(self.num_heads, -1, -1)                  # [H, N, h]
+        for w, b in self._stacked_resblocks():                                   # every head at once
+            x = x + F.silu(torch.baddbmm(b, x, w))
         if self.shared_lm_head:                                                  # one GEMM, all heads
             logits = F.linear(x, self._shared_weight())                          # [H, N, V]
         else:

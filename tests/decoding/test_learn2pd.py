@@ -114,3 +114,14 @@ def test_shipped_filter_if_present():
     weights, _ = load_filter(filter=path)
     assert 1500 <= sum(w.numel() for w in weights) <= 2500
     assert card["eval"]["heldout"]["precision"] is None or card["eval"]["heldout"]["precision"] > 0.8
+
+
+def test_default_block_runs_for_any_length():
+    """max_new_tokens that is not a multiple of 32 runs with the defaults (the canvas is rounded up
+    to whole blocks of the filter's size; the output stops at max_new_tokens)."""
+    import leapdec
+
+    model = leapdec.load_model("stdlib-mdm")
+    out = generate(model, [[5, 6, 7]], method="learn2pd", max_new_tokens=48, stop_tokens=[])
+    assert len(out.tokens[0]) == 48
+    assert out.stats["block_length"] == 32 and out.stats["gen_length"] == 64

@@ -183,3 +183,16 @@ def test_step_input_extend_rejects_bad_shapes_before_touching_the_cache():
     with pytest.raises(ValueError, match="same length"):
         StepInput.extend(cache, [seq], [[1], [2]])
     assert cache.seq_len(seq) == 0
+
+
+def test_logits_compile_without_graph_breaks():
+    """torch.compile(model.logits) traces in one graph: no data-dependent RoPE table size."""
+    from leapdec.models.testing import tiny_model
+
+    model = tiny_model("llama", seed=3)
+    ids = torch.randint(0, model.config.vocab_size, (2, 7))
+    compiled = torch.compile(model.forward, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(ids), model(ids))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, :2] = 0
+    torch.testing.assert_close(compiled(ids, mask), model(ids, mask))

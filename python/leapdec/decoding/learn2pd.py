@@ -91,6 +91,12 @@ def learn2pd(model, prompts: list[list[int]], *, max_new_tokens: int = 128, gen_
         raise ValueError(f"filter: w1 must be [H, F], got shape {tuple(w1.shape)}")
     if accept_threshold is None:
         accept_threshold = float(meta.get("accept_threshold", ACCEPT_THRESHOLD))
+    if block_length is None:
+        block_length = min(INPUT_SIZE, w1.shape[1])     # the filter reads one block's confidences
+        if gen_length is None and max_new_tokens > 0:
+            # LLaDA needs gen_length % block_length == 0: the canvas is rounded up, the output
+            # still stops at max_new_tokens
+            gen_length = -(-max_new_tokens // block_length) * block_length
     settings = DiffusionSettings(model, max_new_tokens, gen_length, block_length, steps, "learned",
                                  filter_weights=weights, accept_threshold=accept_threshold,
                                  temperature=temperature, seed=seed, eotp=eotp, eot_threshold=eot_threshold,

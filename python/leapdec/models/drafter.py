@@ -30,7 +30,7 @@ from leapdec.kv_cache import PagedKVCache
 from leapdec.models.config import ModelConfig
 from leapdec.models.loading import read_safetensors
 from leapdec.models.transformer import MASK_MODES, DecoderLayer, RMSNorm, StepInput
-from leapdec.reference import rope_cos_sin_cache
+from leapdec.models.rope import rope_cos_sin_cache
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

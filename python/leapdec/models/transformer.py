@@ -23,7 +23,7 @@ from torch import nn
 from leapdec.kv_cache import AttentionPlan, PagedKVCache
 from leapdec.models.config import ModelConfig
 from leapdec.ops import paged_attention, rope_append_paged_kv
-from leapdec.reference import rope_cos_sin_cache
+from leapdec.models.rope import rope_cos_sin_cache
 
 MASK_MODES = ("none", "causal", "custom")
 
@@ -95,7 +95,7 @@ class StepInput:
             flat_pos = [p for row in positions for p in row]
         device = cache.device
         ids = torch.tensor([t for row in tokens for t in row], dtype=torch.long, device=device)
-        pos = torch.tensor(flat_pos, dtype=torch.long, device=device)
+        pos = torch.tensor(flat_pos, dtype=torch.int32, device=device)
         mask_indptr = None
         if custom_mask is not None:
             offs = [0]
@@ -324,13 +324,18 @@ class Transformer(nn.Module):
                 raise ValueError(f"attention_mask must be [B, T] = {(b, t)}, got {tuple(attention_mask.shape)}")
             attention_mask = attention_mask.to(device=x.device, dtype=torch.bool)
         if positions is None:
+            rows = t                        # positions are below T: no data-dependent size (torch.compile)
             if attention_mask is None:
                 positions = torch.arange(t, device=x.device).expand(b, t)
             else:
                 positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         elif positions.shape != (b, t):
             raise ValueError(f"positions must be [B, T] = {(b, t)}, got {tuple(positions.shape)}")
-        table = self.cos_sin(int(positions.max()) + 1 if positions.numel() else 0, x.device)
+        elif torch.compiler.is_compiling():
+            rows = self.config.max_position_embeddings
+        else:
+            rows = int(positions.max()) + 1 if positions.numel() else 0
+        table = self.cos_sin(rows, x.device)
         cos, sin = table[positions.long()].to(x.dtype).unsqueeze(2).chunk(2, dim=-1)   # [B, T, 1, D/2]
         attn_mask, is_causal = None, causal
         if attention_mask is not None:

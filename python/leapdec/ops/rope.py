@@ -13,7 +13,7 @@ def rope_append_paged_kv(q, k, v, positions, cos_sin_cache, k_cache, v_cache, sl
     """Rotate ``q [N, H_q, D]`` in place and ``k [N, H_kv, D]`` by RoPE at ``positions [N]``
     (logical positions, any order), then write the rotated k and v into the cache at
     ``slot_mapping [N]`` (slot < 0 skipped). ``cos_sin_cache [max_pos, rotary_dim]`` holds cos
-    then sin (``leapdec.reference.rope_cos_sin_cache``); the first ``rotary_dim`` dims rotate.
+    then sin (``leapdec.models.rope.rope_cos_sin_cache``); the first ``rotary_dim`` dims rotate.
     Returns q. k itself is left unchanged."""
     slot_mapping = as_int32(slot_mapping, "slot_mapping")
     if positions.dtype not in (torch.int32, torch.int64):

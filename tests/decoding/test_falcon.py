@@ -67,7 +67,7 @@ def test_greedy_equals_ar_batch1_and_ragged(hf_model, rows):
     prompts = [PROMPTS[r] for r in rows]
     ar = generate(model, prompts, method="ar", max_new_tokens=40, stop_tokens=[])
     out = generate(model, prompts, method="falcon", drafter=drafter, max_new_tokens=40, stop_tokens=[],
-                   page_size=4)
+                   page_size=4, depth=2, num_draft=10)          # two block levels (the GPU default tree)
     assert out.tokens == ar.tokens
     st = out.stats
     assert st["acceptance"] == "greedy" and st["block_size"] == 2
@@ -311,3 +311,14 @@ def test_cuda_greedy_equals_ar_and_sampling_is_seeded():
     assert out.tokens == ar.tokens and out.stats["mean_accepted_length"] > 1.3
     kw = dict(method="falcon", drafter=drafter, max_new_tokens=16, stop_tokens=[], temperature=0.8, seed=4)
     assert generate(model, PROMPTS, **kw).tokens == generate(model, PROMPTS, **kw).tokens
+
+
+def test_cpu_default_tree_is_one_block_level(hf_model):
+    from leapdec.decoding.falcon import DEFAULT_TREE_CPU
+
+    model, drafter = hf_model
+    ar = generate(model, PROMPTS, method="ar", max_new_tokens=24, stop_tokens=[])
+    out = generate(model, PROMPTS, method="falcon", drafter=drafter, max_new_tokens=24, stop_tokens=[])
+    assert out.tokens == ar.tokens
+    recorded = drafter.meta.get("tree") or {}          # a tree the drafter records wins
+    assert {k: out.stats[k] for k in DEFAULT_TREE_CPU} == {k: recorded.get(k, v) for k, v in DEFAULT_TREE_CPU.items()}

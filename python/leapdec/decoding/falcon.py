@@ -48,6 +48,9 @@ from leapdec.trees import ABSENT_PARENT, DynamicTree
 # Tree defaults sized for the small zoo models (Falcon's released 7B setting: k = 2, root top-20,
 # a deeper tree): two blocks (two drafter calls per step), 4 first tokens under the root.
 DEFAULT_TREE = dict(root_top_k=4, branch_top_k=2, frontier=2, depth=2, num_draft=10)
+# On a CPU a step's cost grows with every drafter call and tree token (compute-bound): one block
+# level (one drafter call per step) and 4 drafts decode faster there (benchmarks/RESULTS.md).
+DEFAULT_TREE_CPU = dict(DEFAULT_TREE, depth=1, num_draft=4)
 _HINT = (": pass drafter= (a FalconDrafter or a folder saved by it), or train one with "
          "`python -m leapdec.train falcon --base MODEL`")
 
@@ -224,7 +227,8 @@ def falcon(model, prompts: list[list[int]], *, max_new_tokens: int = 128, temper
     ``falcon/`` companion). Tree: ``root_top_k`` first tokens under the root, ``branch_top_k``
     under deeper block ends, ``frontier`` block ends expanded per level, ``depth`` levels of
     k-token blocks (drafter calls per step), ``num_draft`` draft nodes kept (defaults: the
-    drafter's recorded tree, else :data:`DEFAULT_TREE`). Temperature 0 verifies greedily
+    drafter's recorded tree, else :data:`DEFAULT_TREE`, on a CPU :data:`DEFAULT_TREE_CPU`).
+    Temperature 0 verifies greedily
     (identical to greedy AR); temperature > 0 uses lossless tree speculative sampling
     (``top_k`` / ``top_p`` warp the target, reproducible with ``seed``).
 
@@ -238,7 +242,8 @@ def falcon(model, prompts: list[list[int]], *, max_new_tokens: int = 128, temper
         raise ValueError("method 'falcon' needs a causal model; this one is a masked diffusion LM")
     drafter = load_drafter(model, drafter)
     recorded = drafter.meta.get("tree") or {}
-    tree_opts = {name: given[name] if given[name] is not None else recorded.get(name, DEFAULT_TREE[name])
+    defaults = DEFAULT_TREE_CPU if model.device.type == "cpu" else DEFAULT_TREE
+    tree_opts = {name: given[name] if given[name] is not None else recorded.get(name, defaults[name])
                  for name in DEFAULT_TREE}
     _check_options(temperature, top_k, top_p, page_size, tree_opts)
     acceptance = "sampling" if temperature > 0 else "greedy"

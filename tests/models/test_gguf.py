@@ -308,3 +308,35 @@ def test_smollm2_matches_transformers():
                      "<|im_end|>\n<|im_start|>assistant\n").ids
     assert_close_rel(model.logits(torch.tensor([ids]))[0], hf(torch.tensor([ids])).logits[0].detach())
     assert our_greedy(model, ids, 128) == hf_greedy(hf, ids, 128)
+
+
+def test_sentencepiece_tokenizer_matches_transformers(tmp_path):
+    """A sentencepiece ('llama') vocabulary without merges: the merges come from the scores, bytes
+    fall back to <0xXX> tokens, BOS is prepended, like transformers' GGUF tokenizer."""
+    from transformers import AutoTokenizer
+
+    pieces = ["▁", "e", "h", "l", "o", "w", "r", "d", "▁h", "he", "ll", "lo", "▁he", "llo", "▁hello",
+              "▁w", "or", "▁wor", "ld", "▁world", "▁l", "el"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
+    scores = [0.0, 0.0, 0.0] + [0.0] * 256 + [-float(i) for i in range(len(pieces))]
+    path = tmp_path / "sp.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_scores(scores)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ours = leapdec.load_tokenizer(path)
+    ref = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    for text in ["hello world", "hello  wörld!", " leading space", "</s> hello<s>", "</s>hello", "dell"]:
+        ids = ours.encode(text).ids
+        assert ids == ref(text)["input_ids"], text
+        assert ours.decode(ids) == ref.decode(ids, skip_special_tokens=True), text
+    assert ours.encode("hello").ids[0] == 1

@@ -369,6 +369,10 @@ def load_gguf_tokenizer(path):
 
     special = [AddedToken(tok, normalized=False, special=True) for tok, ty in zip(tokens, types)
                if ty == _CONTROL and (control_ok is None or set(tok) <= control_ok)]
+    for key in ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id"):   # as transformers
+        i = metadata(reader, f"tokenizer.ggml.{key}")
+        if isinstance(i, int) and 0 <= i < len(tokens) and tokens[i] not in {t.content for t in special}:
+            special.append(AddedToken(tokens[i], normalized=False, special=True))
     if special:
         tk.add_special_tokens(special)
     user = [AddedToken(tok, normalized=False, special=False) for tok, ty in zip(tokens, types)

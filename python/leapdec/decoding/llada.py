@@ -134,11 +134,14 @@ class DiffusionSettings:
 
 class DiffusionDecoder:
     """The decode loop shared by llada, learn2pd and rediff. ``commit`` is the one decision per
-    step (subclasses, such as Learn2PD's oracle, override it)."""
+    step; a ``commit_rule`` given to the constructor replaces it (Learn2PD's oracle decode)."""
 
     def __init__(self, model, prompts: list[list[int]], settings: DiffusionSettings, stops: set[int],
-                 stream=None):
+                 stream=None, commit_rule=None):
         self.model, self.prompts, self.s, self.stops, self.stream = model, prompts, settings, stops, stream
+        # commit_rule(decoder, rows, tokens, masked, logits, block_end, quota, step_index) replaces
+        # ``commit`` (e.g. Learn2PD's oracle decode in the recipe); None: the settings' policy
+        self.commit_rule = commit_rule
         dev = model.device
         B, G = len(prompts), settings.gen_length
         if not isinstance(settings.seed, int) and len(settings.seed) != B:
@@ -233,7 +236,10 @@ class DiffusionDecoder:
         masked = self.masked[idx, lo:wend].clone()
         entry_masked, entry_tokens = masked.clone(), tokens.clone()
         quota = [quotas[r][step_index] if step_index < len(quotas[r]) else hi - lo for r in rows]
-        result = self.commit(rows, tokens, masked, logits, hi - lo, quota, step_index)
+        if self.commit_rule is not None:
+            result = self.commit_rule(self, rows, tokens, masked, logits, hi - lo, quota, step_index)
+        else:
+            result = self.commit(rows, tokens, masked, logits, hi - lo, quota, step_index)
         self.answer[idx, lo:wend] = tokens
         self.masked[idx, lo:wend] = masked
         committed = result.committed.tolist()

@@ -78,28 +78,30 @@ def training_prompts(tok, n: int, seed: int = 0, max_prompt_chars: int = 600,
     return [[eos] + tok.encode(f.prompt, add_special_tokens=False).ids for f in chosen]
 
 
-class OracleDecoder(DiffusionDecoder):
-    """Learn2PD's "extremely greedy parallel" decode of rows whose answers are known
+class OracleRule:
+    """Learn2PD's "extremely greedy parallel" commit rule for rows whose answers are known
     (``reference [B, gen_length]``; the mask id where the reference decode stopped early): each
     step commits exactly the masked block positions whose prediction equals the reference and
     logs the block's ``(confidence, is_correct, masked, valid)`` (``input_size`` entries: past a
     shorter block 1.0, True, False, False; ``valid`` False where the reference is unknown) with
-    the row's index."""
+    the row's index. A ``DiffusionDecoder`` runs it as its ``commit_rule``."""
 
-    def __init__(self, model, prompts, settings, stops, reference: torch.Tensor, input_size: int = 32):
-        super().__init__(model, prompts, settings, stops)
-        self.reference = reference.to(self.answer.device)
+    def __init__(self, reference: torch.Tensor, input_size: int = 32):
+        self.reference = reference
         self.input_size = input_size
         self.records: list[tuple] = []
         self.forced = 0
 
-    def commit(self, rows, tokens, masked, logits, block_end, quota, step_index):
-        lo, wend = self.window
+    def __call__(self, decoder, rows, tokens, masked, logits, block_end, quota, step_index):
+        lo, wend = decoder.window
+        if self.reference.device != tokens.device:
+            self.reference = self.reference.to(tokens.device)
+        mask_id = decoder.s.mask_id
         stats = unmask_and_filter(logits, tokens.clone(), masked.clone(), "topk", k=1, block_start=0,
                                   block_end=block_end, return_stats=True)
         idx = torch.tensor(rows, device=tokens.device)
         ref = self.reference[idx, lo:wend]
-        known = (ref != self.s.mask_id)[:, :block_end]
+        known = (ref != mask_id)[:, :block_end]
         correct = (stats.predicted.long() == ref)[:, :block_end] & known
         conf = stats.confidence[:, :block_end]
         entry = masked[:, :block_end]
@@ -127,6 +129,24 @@ class OracleDecoder(DiffusionDecoder):
         masked[window] = False
         committed = take.sum(1).to(torch.int32)
         return UnmaskResult(committed, stats.confidence, torch.full_like(committed, -1))
+
+
+class OracleDecoder:
+    """The oracle decode of ``prompts``: a ``DiffusionDecoder`` whose commit rule is
+    :class:`OracleRule` (composition: the recipe does not subclass the decoder)."""
+
+    def __init__(self, model, prompts, settings, stops, reference: torch.Tensor, input_size: int = 32):
+        self.rule = OracleRule(reference, input_size)
+        self.decoder = DiffusionDecoder(model, prompts, settings, stops, commit_rule=self.rule)
+
+    def run(self):
+        return self.decoder.run()
+
+    answer = property(lambda self: self.decoder.answer)
+    masked = property(lambda self: self.decoder.masked)
+    stats = property(lambda self: self.decoder.stats)
+    records = property(lambda self: self.rule.records)
+    forced = property(lambda self: self.rule.forced)
 
 
 @torch.no_grad()

@@ -49,6 +49,7 @@ class Proposal:
     mask: torch.Tensor | None = None
     draft_probs: torch.Tensor | None = None
     sizes: list[int] | None = None       # present nodes per row (None: counted from parents)
+    draft_rule: str = "iid"              # how sampled siblings were drawn (verify_tree_sampling)
 
 
 @dataclass
@@ -205,7 +206,7 @@ def verify_and_commit(ctx: SpecContext, rows: Rows, live: list[Row], prop: Propo
                                      ctx.posterior_alpha, ctx.temperature)
     else:
         probs = warp_logits(node_logits, ctx.temperature, ctx.top_k, ctx.top_p).softmax(dim=-1)
-        rule = "deterministic" if prop.draft_probs is None else "sampled"
+        rule = "deterministic" if prop.draft_probs is None else prop.draft_rule
         result = verify_tree_sampling(candidates, parents, prop.draft_probs, probs,
                                       draft_rule=rule, generator=ctx.generator)
     packed = torch.cat([result.accept_len[:, None].long(), result.bonus[:, None].long(),

@@ -2,18 +2,20 @@
 by a card whose hashes match its files, and still scores the held-out loss its card records."""
 
 import math
+from collections import defaultdict
 
 import pytest
 import torch
 
+import leapdec
 from leapdec.models import load_checkpoint
 from leapdec.train import cards, corpus, lm
 from leapdec.train import tokenizer as tokenizers_
-from leapdec.zoo import ZOO_DIR, available
+from leapdec.zoo import TOKENIZER_FILES, ZOO_DIR, available, tokenizer_dir
 
 MAX_FILE_BYTES = 16_000_000
 BASE_MODELS = ("stdlib-ar", "stdlib-mdm")
-LM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "card.json", "CARD.md")
+LM_FILES = ("config.json", "model.safetensors", "card.json", "CARD.md")
 
 
 def test_base_models_ship():
@@ -37,8 +39,14 @@ def test_card_is_complete_and_matches_the_files(name):
     assert cards.verify_card(path) == []
     card = cards.load_card(path)
     assert card["name"] == name
-    for fname in ("config.json", "model.safetensors", "tokenizer.json"):
+    for fname in ("config.json", "model.safetensors"):
         assert fname in card["files"], f"{name}: card does not list {fname}"
+    # the tokenizer is stored here (and listed) or shared with the zoo model named by tokenizer_from
+    tok_dir = tokenizer_dir(path)
+    if "tokenizer_from" in card:
+        assert tok_dir == ZOO_DIR / card["tokenizer_from"] and not (path / "tokenizer.json").exists()
+    else:
+        assert tok_dir == path and "tokenizer.json" in card["files"], f"{name}: card does not list tokenizer.json"
     assert card["command"].startswith("python -m leapdec.train")
     tr = card["training"]
     assert tr["steps"] > 0 and tr["tokens_seen"] > 0 and tr["wall_s"] >= tr["train_s"] > 0
@@ -47,6 +55,27 @@ def test_card_is_complete_and_matches_the_files(name):
     assert losses and all(math.isfinite(v) for v in losses), f"{name}: card records no held-out loss"
     tok = tokenizers_.load_tokenizer(path)
     assert card["model"]["tokenizer_sha256"] == tokenizers_.tokenizer_hash(tok)
+
+
+def test_identical_files_are_stored_once():
+    """The zoo ships each distinct file once: models sharing a tokenizer point to it
+    (``tokenizer_from`` in their card) instead of carrying copies."""
+    by_hash = defaultdict(list)
+    for f in sorted(ZOO_DIR.rglob("*")):
+        if f.is_file() and f.suffix in (".json", ".safetensors") and f.name not in ("card.json", "config.json"):
+            by_hash[cards.file_sha256(f)].append(str(f.relative_to(ZOO_DIR)))
+    copies = [names for names in by_hash.values() if len(names) > 1]
+    assert not copies, f"identical files stored more than once: {copies}"
+
+
+@pytest.mark.parametrize("name", ["stdlib-mdm", "stdlib-wedlm", "stdlib-mdm/rediff"])
+def test_shared_tokenizer_is_found(name):
+    want = leapdec.load_tokenizer("stdlib-ar").encode("def f(x):\n    return x").ids
+    assert leapdec.load_tokenizer(ZOO_DIR / name).encode("def f(x):\n    return x").ids == want
+    assert tokenizers_.load_tokenizer(ZOO_DIR / name).encode("def f(x):\n    return x").ids == want
+    assert all((tokenizer_dir(ZOO_DIR / name) / f).is_file() for f in TOKENIZER_FILES)
+    if "/" not in name:
+        assert leapdec.load_tokenizer(name).get_vocab_size() == leapdec.load_tokenizer("stdlib-ar").get_vocab_size()
 
 
 def test_base_models_share_one_tokenizer():

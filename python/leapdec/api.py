@@ -50,10 +50,7 @@ def load_tokenizer(name_or_path):
 
         return load_gguf_tokenizer(source[0])
 
-    path = Path(zoo.resolve(name_or_path)) / "tokenizer.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no tokenizer.json in {path.parent}")
-    return Tokenizer.from_file(str(path))
+    return Tokenizer.from_file(str(zoo.tokenizer_file(name_or_path)))
 
 
 __all__ = ["generate", "load_model", "load_tokenizer", "methods", "stream_generate"]

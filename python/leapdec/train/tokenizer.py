@@ -109,8 +109,13 @@ def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike,
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """A ``tokenizers.Tokenizer`` from a ``tokenizer.json`` file or a folder holding one."""
+    """A ``tokenizers.Tokenizer`` from a ``tokenizer.json`` file or a folder holding one (a zoo
+    model that shares another's tokenizer finds it through ``leapdec.zoo.tokenizer_dir``)."""
     path = Path(path)
+    if path.is_dir() and not (path / "tokenizer.json").is_file() and (path / "config.json").is_file():
+        from leapdec.zoo import tokenizer_dir
+
+        path = tokenizer_dir(path)
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"path: no tokenizer.json at {path}")

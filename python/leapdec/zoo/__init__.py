@@ -115,3 +115,39 @@ def companion_dir(model, kind: str, given=None, hint: str = "") -> Path:
     if not path.exists():
         raise FileNotFoundError(f"no {kind} companion for {base.name} (looked in {path}){hint}")
     return path
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def tokenizer_dir(name_or_path) -> Path:
+    """The folder holding the tokenizer files (``tokenizer.json`` ...) of a zoo model or checkpoint.
+
+    Usually the checkpoint itself. A checkpoint whose card (``card.json``) has a
+    ``"tokenizer_from"`` entry (a zoo name, or a path relative to the checkpoint) shares that
+    model's tokenizer instead of storing a copy, so identical tokenizer files are shipped once.
+    Returns the checkpoint folder when neither has a ``tokenizer.json`` (callers report it)."""
+    import json
+
+    start = path = resolve(name_or_path)
+    seen = set()
+    while not (path / "tokenizer.json").is_file():
+        try:
+            source = json.loads((path / "card.json").read_text()).get("tokenizer_from")
+        except (OSError, ValueError, AttributeError):
+            source = None
+        if not source or path in seen:
+            return start
+        seen.add(path)
+        relative = (path / source).resolve()
+        path = relative if (relative / "config.json").is_file() else resolve(source)
+    return path
+
+
+def tokenizer_file(name_or_path) -> Path:
+    """``tokenizer.json`` of a zoo model or checkpoint (see :func:`tokenizer_dir`); raises
+    ``FileNotFoundError`` naming the checkpoint when there is none."""
+    path = tokenizer_dir(name_or_path) / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer.json in {path.parent}")
+    return path

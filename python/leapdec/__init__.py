@@ -70,5 +70,14 @@ def build_info() -> dict:
     return info
 
 
+def __getattr__(name):
+    """``leapdec.images`` on first use (it needs scikit-learn only for its data and recipes)."""
+    if name == "images":
+        import importlib
+
+        return importlib.import_module("leapdec.images")
+    raise AttributeError(f"module 'leapdec' has no attribute {name!r}")
+
+
 __all__ = ["build_info", "decoding", "generate", "load_model", "load_tokenizer", "methods", "models",
            "ops", "stream_generate", "zoo"]

@@ -36,7 +36,22 @@ def load_model(name_or_path, device="cpu", dtype=None) -> Transformer:
         from leapdec.models.gguf import load_gguf
 
         return load_gguf(source[0], device=device, dtype=dtype, checkpoint_dir=source[1])
-    return load_checkpoint(zoo.resolve(name_or_path), device=device, dtype=dtype)
+    path = zoo.resolve(name_or_path)
+    _refuse_image_models(path)
+    return load_checkpoint(path, device=device, dtype=dtype)
+
+
+def _refuse_image_models(path: Path) -> None:
+    """An image generator's checkpoint (``leapdec.images``) is not a language model."""
+    import json
+
+    try:
+        extra = json.loads((Path(path) / "config.json").read_text()).get("leapdec") or {}
+    except (OSError, ValueError):
+        return
+    if isinstance(extra, dict) and extra.get("image"):
+        raise ValueError(f"{Path(path).name} is a masked image generator, not a language model: load it "
+                         f"with leapdec.images.load({Path(path).name!r}) and sample with leapdec.images.sample")
 
 
 def load_tokenizer(name_or_path):

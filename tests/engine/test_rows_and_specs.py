@@ -127,3 +127,11 @@ def test_a_transformers_model_gets_a_hint():
     hf = transformers.LlamaForCausalLM(cfg)
     with pytest.raises(TypeError, match="leapdec.load_model"):
         generate(hf, [[1, 2]], max_new_tokens=2)
+
+
+def test_image_models_are_reached_through_leapdec_images():
+    import leapdec
+
+    assert hasattr(leapdec.images, "sample")                 # lazily imported attribute
+    with pytest.raises(ValueError, match="leapdec.images.load"):
+        leapdec.load_model("digits-maskgit")

@@ -322,3 +322,13 @@ def test_cpu_default_tree_is_one_block_level(hf_model):
     assert out.tokens == ar.tokens
     recorded = drafter.meta.get("tree") or {}          # a tree the drafter records wins
     assert {k: out.stats[k] for k in DEFAULT_TREE_CPU} == {k: recorded.get(k, v) for k, v in DEFAULT_TREE_CPU.items()}
+
+
+def test_fixed_shape_verify_steps_equal_greedy_ar(hf_model):
+    """static_steps=True (a CUDA graph on a GPU, eager here): every row runs num_draft + 1 nodes,
+    rows too short to draft run their root and absent nodes."""
+    model, drafter = hf_model
+    ar = generate(model, PROMPTS, method="ar", max_new_tokens=23, stop_tokens=[])
+    out = generate(model, PROMPTS, method="falcon", drafter=drafter, max_new_tokens=23, stop_tokens=[],
+                   static_steps=True, depth=2, num_draft=7, page_size=4)
+    assert out.tokens == ar.tokens

@@ -139,8 +139,9 @@ class FalconTreeDrafter:
     def __init__(self, model, drafter: FalconDrafter, opts: dict, page_size: int):
         self.model, self.drafter, self.opts, self.page_size = model, drafter, opts, page_size
         self.k = drafter.block_size
-        self.max_nodes = opts["num_draft"] + 1
-        self.fixed_nodes = None            # rows too short to draft run a 1-node tree
+        # every proposal has num_draft + 1 nodes (rows too short to draft: the root and absent
+        # nodes), so the verify step has a fixed shape (a CUDA graph on CUDA)
+        self.max_nodes = self.fixed_nodes = opts["num_draft"] + 1
         self.calls = 0
         self.session = None
 
@@ -166,7 +167,7 @@ class FalconTreeDrafter:
         n = {r.index: len(r.prompt) + len(r.out) - 1 for r in live}     # base cache length = root position
         drafting = [r for r in live if o["num_draft"] > 0 and n[r.index] >= k and r.room >= 2]
         b = len(live)
-        num_nodes = o["num_draft"] + 1 if drafting else 1
+        num_nodes = o["num_draft"] + 1
         candidates = torch.zeros(b, num_nodes, dtype=torch.long, device=device)
         parents = torch.full((b, num_nodes), ABSENT_PARENT, dtype=torch.int32, device=device)
         depth = torch.zeros(b, num_nodes, dtype=torch.long, device=device)
@@ -222,7 +223,8 @@ def falcon(model, prompts: list[list[int]], *, max_new_tokens: int = 128, temper
            top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
            stop_tokens=None, stop_strings=None, tokenizer=None, stream=None, drafter=None,
            root_top_k: int | None = None, branch_top_k: int | None = None, frontier: int | None = None,
-           depth: int | None = None, num_draft: int | None = None, page_size: int = 16):
+           depth: int | None = None, num_draft: int | None = None, page_size: int = 16,
+           static_steps: bool | None = None):
     """Falcon decoding. ``drafter``: a ``FalconDrafter`` or its folder (default: the model's
     ``falcon/`` companion). Tree: ``root_top_k`` first tokens under the root, ``branch_top_k``
     under deeper block ends, ``frontier`` block ends expanded per level, ``depth`` levels of
@@ -230,7 +232,8 @@ def falcon(model, prompts: list[list[int]], *, max_new_tokens: int = 128, temper
     drafter's recorded tree, else :data:`DEFAULT_TREE`, on a CPU :data:`DEFAULT_TREE_CPU`).
     Temperature 0 verifies greedily
     (identical to greedy AR); temperature > 0 uses lossless tree speculative sampling
-    (``top_k`` / ``top_p`` warp the target, reproducible with ``seed``).
+    (``top_k`` / ``top_p`` warp the target, reproducible with ``seed``). ``static_steps``: the
+    verify step as a fixed-shape step (a CUDA graph on CUDA; default on CUDA).
 
     Stats add ``drafter_calls``, ``accepted_lengths`` (per row, the tokens each step gained:
     accepted drafts plus the bonus), ``mean_accepted_length``, ``accept_length_histogram``,
@@ -253,7 +256,7 @@ def falcon(model, prompts: list[list[int]], *, max_new_tokens: int = 128, temper
             model, prompts, tree_drafter, method="falcon", max_new_tokens=max_new_tokens,
             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_tokens=stop_tokens,
             stop_strings=stop_strings, tokenizer=tokenizer, stream=stream, acceptance=acceptance,
-            page_size=page_size)
+            page_size=page_size, static_steps=static_steps)
     finally:
         tree_drafter.close()
 

@@ -144,14 +144,15 @@ def _tree_step(ctx: SpecContext, live: list[Row], prop: Proposal, parents_cut: t
     model, cache = ctx.model, ctx.cache
     n, T = prop.candidates.shape
     seqs = [ctx.seqs[r.index] for r in live]
-    if ctx.static is not None and prop.mask is not None:
-        # fixed shape: every row runs all T nodes (cut nodes are computed, never accepted)
+    if ctx.static is not None and T == ctx.static.q:
+        # fixed shape: every row runs all T nodes (cut or absent nodes are computed, never accepted)
+        mask = prop.mask if prop.mask is not None else build_tree(prop.parents.to(torch.int32))[0]
         cache.append(seqs, [T] * n)
         pages = [cache.pages(s) for s in seqs]
         tokens = [t for row in cand_rows for t in row]
         positions = [st + d for st, row in zip(starts, depth_rows) for d in row]
         step = ctx.static.get(n, max(map(len, pages)))
-        out = step.run(tokens, positions, starts, pages, prop.mask)
+        out = step.run(tokens, positions, starts, pages, mask)
         logits, hidden = out if step.return_hidden else (out, None)
         return logits, hidden, [j * T for j in range(n)]
     mask = prop.mask if prop.mask is not None else build_tree(parents_cut)[0]

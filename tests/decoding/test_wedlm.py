@@ -200,3 +200,14 @@ def test_bad_arguments(model):
         generate(model, PROMPTS, method="wedlm", mask_token_id=10_000)
     with pytest.raises(ValueError, match="causal"):
         generate(tiny_model("llama", seed=1, causal=False, mask_token_id=MASK), PROMPTS, method="wedlm")
+
+
+@pytest.mark.parametrize("window", [4, 8])
+def test_fixed_shape_window_steps_equal_eager(model, window):
+    """static_steps=True (a CUDA graph on a GPU, eager here): every window step runs 2 * window
+    tokens per row, padded after the window; outputs and call counts equal the eager path."""
+    kw = dict(max_new_tokens=24, threshold=THRESHOLD, window=window, stop_tokens=[], page_size=4)
+    eager = generate(model, PROMPTS, method="wedlm", static_steps=False, **kw)
+    static = generate(model, PROMPTS, method="wedlm", static_steps=True, **kw)
+    assert static.tokens == eager.tokens
+    assert static.stats["model_calls"] == eager.stats["model_calls"]

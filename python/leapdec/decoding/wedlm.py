@@ -47,7 +47,7 @@ from collections import Counter
 
 import torch
 
-from leapdec.engine.runner import Session
+from leapdec.engine.runner import Session, StaticSteps
 from leapdec.decoding.base import (GenerationOutput, Stats, check_sampling, make_generator,
                                    register_method, sample_next, stop_token_set)
 from leapdec.kv_cache import PagedKVCache
@@ -96,8 +96,11 @@ class WeDLMDecoder:
                  threshold: float = DEFAULT_THRESHOLD,
                  position_penalty: float = DEFAULT_POSITION_PENALTY, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, static: StaticSteps | None = None):
         self.model, self.cache = model, cache
+        # static: fixed-shape window steps (q = 2 * window tokens per row, padded; a CUDA graph
+        # on CUDA); the cache then needs 2 * window scratch positions after each row's prefix
+        self.static = static
         self.mask_id, self.stops = mask_id, stops
         self.max_new_tokens, self.window = max_new_tokens, window
         self.threshold, self.position_penalty = threshold, position_penalty
@@ -176,6 +179,8 @@ class WeDLMDecoder:
         cache, device = self.cache, self.model.device
         ps = cache.page_size
         widths = [len(r.window) for r in live]
+        if self.static is not None and max(widths) <= self.static.q:
+            return self._forward_static(live, widths)
         wmax = max(widths)
         tokens = torch.full((len(live), wmax), self.mask_id, dtype=torch.long)
         masked = torch.ones(len(live), wmax, dtype=torch.bool)      # padding sorts after the masks
@@ -206,6 +211,34 @@ class WeDLMDecoder:
             logits_indices=torch.tensor(mask_rows, dtype=torch.long, device=device))
         self.window_tokens += offset
         return self.model.forward_paged(step, cache)
+
+    def _forward_static(self, live: list[_Row], widths: list[int]) -> torch.Tensor:
+        """``_forward`` as a fixed-shape step: every row runs ``q`` tokens, its window reordered
+        then padding (masks after the window, sorted last; their K/V land in scratch slots past
+        the window and their outputs are never read)."""
+        cache, device, q = self.cache, self.model.device, self.static.q
+        n = len(live)
+        tokens = torch.full((n, q), self.mask_id, dtype=torch.long)
+        masked = torch.ones(n, q, dtype=torch.bool)
+        pages, mask_rows = [], []
+        for b, row in enumerate(live):
+            w = widths[b]
+            tokens[b, :w] = torch.tensor(row.window)
+            masked[b, :w] = torch.tensor([not f for f in row.filled])
+            length, target = cache.seq_len(row.seq), row.cached + q
+            if length < target:
+                cache.append([row.seq], [target - length])
+            elif length > target:
+                cache.truncate(row.seq, target)
+            pages.append(cache.pages(row.seq))
+            observed = sum(row.filled)
+            mask_rows += range(b * q + observed, b * q + w)
+        positions = torch.tensor([[r.cached] for r in live]) + torch.arange(q)
+        tok_r, pos_r, _, _ = topological_reorder(tokens.to(device), masked.to(device), positions.to(device))
+        step = self.static.get(n, max(map(len, pages)))
+        logits = step.run(tok_r.flatten().tolist(), pos_r.flatten().tolist(), [r.cached for r in live], pages)
+        self.window_tokens += sum(widths)
+        return logits.index_select(0, torch.tensor(mask_rows, dtype=torch.long, device=logits.device))
 
     def _fill(self, live: list[_Row], logits: torch.Tensor) -> None:
         """Fill masks of the live rows by the entropy rule. ``logits`` holds the masks of
@@ -261,14 +294,15 @@ def wedlm(model, prompts: list[list[int]], *, max_new_tokens: int = 128, window:
           threshold: float = DEFAULT_THRESHOLD, position_penalty: float = DEFAULT_POSITION_PENALTY,
           temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
           seed: int | None = None, stop_tokens=None, stream=None, mask_token_id: int | None = None,
-          page_size: int = 16) -> GenerationOutput:
+          page_size: int = 16, static_steps: bool | None = None) -> GenerationOutput:
     """WeDLM streaming parallel decoding (see the module docstring).
 
     ``window``: positions decoded in parallel after the committed prefix (default 16);
     ``threshold``: fill every mask whose entropy + ``position_penalty`` * distance from the
     first mask is below it (default 0.4; at least one per call); ``temperature`` 0 = argmax,
     else seeded sampling (``seed``, ``top_k``, ``top_p``) of the chosen masks. ``mask_token_id``
-    defaults to the model's ``config.mask_token_id``."""
+    defaults to the model's ``config.mask_token_id``. ``static_steps`` (default: on CUDA): every
+    window step has one shape (2 * window tokens per row), captured as a CUDA graph on CUDA."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
@@ -296,13 +330,18 @@ def wedlm(model, prompts: list[list[int]], *, max_new_tokens: int = 128, window:
         outputs = [[] for _ in prompts]
         return GenerationOutput(outputs, stats.finish(outputs, window=window))
 
-    need = sum(-(-(len(p) + max_new_tokens) // page_size) for p in prompts)
+    if static_steps is None:
+        static_steps = model.device.type == "cuda"
+    scratch = 2 * window if static_steps else 0
+    need = sum(-(-(len(p) + max_new_tokens + scratch) // page_size) for p in prompts)
     decoder = None
     with Session(model, need, page_size) as session:
+        static = StaticSteps(session, "wedlm", 2 * window, mask_mode="causal") if static_steps else None
         decoder = WeDLMDecoder(model, prompts, session.cache, mask_id=mask_id, stops=stops,
                                max_new_tokens=max_new_tokens, window=window, threshold=threshold,
                                position_penalty=position_penalty, temperature=temperature,
-                               top_k=top_k, top_p=top_p, generator=make_generator(seed, model.device))
+                               top_k=top_k, top_p=top_p, generator=make_generator(seed, model.device),
+                               static=static)
         with torch.no_grad():
             while decoder.live:
                 new, rows = decoder.step()

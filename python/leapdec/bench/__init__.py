@@ -14,6 +14,7 @@ BENCHMARKS = {
     "decode": "every decoding method on the zoo: tokens per call, tokens/s, speedup over AR and transformers",
     "diffusion": "LLaDA / Fast-dLLM / Learn2PD / EoTP / ReDiff on stdlib-mdm: model calls and quality",
     "wedlm": "WeDLM entropy-threshold sweep on stdlib-wedlm vs our AR engine",
+    "steps": "where a decoding step's time goes per method (forwards, matmuls, leapdec ops, Python), batch 1",
 }
 
 

@@ -105,13 +105,20 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="ar,medusa,falcon,lookup,wedlm")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="passes over the prompts; medians are reported")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--label", default="", help="a name for this checkout in the table (e.g. before/after)")
     ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--quick", action="store_true", help="2 prompts, 32 new tokens, one pass")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.prompts, args.max_new_tokens, args.repeats = 2, 32, 1
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        from leapdec.paths import writable_dir
+        writable_dir(out_dir)                # an unwritable --out fails before any work
+    except ImportError:                      # an older checkout (before/after profiles)
+        out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     import leapdec
     from leapdec.train.corpus import eval_prompts
@@ -137,7 +144,29 @@ def main(argv=None) -> int:
     stem = f"steps{('-' + args.label) if args.label else ''}"
     (out_dir / f"{stem}.md").write_text(table + "\n")
     (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    _plot(results, out_dir / f"{stem}.png", args.label)
     return 0
+
+
+def _plot(results, path: Path, label: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["method"] for r in results]
+    fwd = [r["forward_ms_per_call"] for r in results]
+    other = [r["python_ms_per_call"] for r in results]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.bar(names, fwd, label="model forwards", color="tab:blue")
+    ax.bar(names, other, bottom=fwd, label="everything else (Python, heads, verify)", color="tab:orange")
+    for i, r in enumerate(results):
+        ax.text(i, fwd[i] + other[i], f"{r['tokens_per_call']:.2f} tok/call", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("ms per model call (batch 1)")
+    ax.set_title(f"where a decoding step's time goes{(' (' + label + ')') if label else ''}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

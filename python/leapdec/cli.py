@@ -109,6 +109,11 @@ def _demo(args) -> int:
     from leapdec.zoo import available
 
     torch.manual_seed(0)
+    threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else None)
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     zoo = set(available())
     wanted = args.methods.split(",") if args.methods else leapdec.methods()
     methods, skipped = [], []
@@ -123,7 +128,8 @@ def _demo(args) -> int:
     print(f"leapdec {leapdec.__version__} demo: {len(prompts)} held-out prompts from the stdlib corpus, "
           f"{args.max_new_tokens} new tokens each, device {args.device}")
     t0 = time.perf_counter()
-    results = compare_methods(prompts, methods, args.max_new_tokens, device=args.device, skipped=skipped)
+    results = compare_methods(prompts, methods, args.max_new_tokens, device=args.device, skipped=skipped,
+                              repeats=args.repeats)
     print(markdown_table(results))
     if skipped:
         print("skipped: " + "; ".join(skipped))
@@ -231,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="picks the prompts and seeds sampling (default: %(default)s)")
     p.add_argument("--png", default="leapdec-demo.png", help="plot file to write (default: %(default)s)")
     p.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: 1 on a CPU, where the zoo's tiny matmuls run fastest alone)")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per method, best kept (default: %(default)s)")
     _add_debug(p)
     p.set_defaults(fn=_demo)
 

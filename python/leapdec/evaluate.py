@@ -90,7 +90,8 @@ def compare_methods(prompts, methods, max_new_tokens=64, device="cpu", dtype=Non
         name = METHOD_BASE_MODEL.get(method, "stdlib-ar")
         try:
             model = model_for(name)
-            run_method(model, prompts[:1], method, max_new_tokens, **options.get(method, {}))  # warm-up
+            # warm-up on the whole batch: companions load, the cache workspace gets its final size
+            run_method(model, prompts, method, max_new_tokens, **options.get(method, {}))
         except (KeyError, FileNotFoundError) as e:
             if skipped is None or method == "ar":
                 raise

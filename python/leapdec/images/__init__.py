@@ -36,7 +36,7 @@ def zoo_images() -> list[str]:
     from leapdec import zoo
     from leapdec.images import model as model_
 
-    return [n for n in zoo.available() if model_.describe(Path(zoo.ZOO_DIR) / n)]
+    return [n for n in zoo.available(include_gguf=False) if model_.describe(Path(zoo.ZOO_DIR) / n)]
 
 
 def save_grid(images, path, ncol: int | None = None, labels=None, scale: int = 4) -> Path:

@@ -253,3 +253,18 @@ def test_cuda_decodes_like_cpu(cache):
     gpu = [generate(model, PROMPTS, method="llada", **k) for k in (kw, rules)]
     for c, g in zip(cpu, gpu):
         assert g.tokens == c.tokens and g.stats["model_calls"] == c.stats["model_calls"]
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fixed_shape_cached_block_steps_equal_eager(cache, causal):
+    """static_steps=True (CUDA graphs on a GPU, eager here): the cached block steps run as
+    fixed-shape steps and decode exactly what the planner's steps decode."""
+    from leapdec.decoding.llada import llada
+
+    model = mdm(seed=3, causal=causal)
+    kw = dict(max_new_tokens=32, block_length=8, steps=16, cache=cache, page_size=4, stop_tokens=[])
+    eager = llada(model, PROMPTS, static_steps=False, **kw)
+    static = llada(model, PROMPTS, static_steps=True, **kw)
+    assert static.tokens == eager.tokens
+    assert static.stats["model_calls"] == eager.stats["model_calls"]

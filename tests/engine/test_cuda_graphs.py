@@ -48,3 +48,13 @@ def test_lookup_and_sd_on_cuda_equal_ar():
     ar = generate(model, PROMPTS, method="ar", max_new_tokens=30, stop_tokens=[])
     assert generate(model, PROMPTS, method="lookup", max_new_tokens=30, stop_tokens=[]).tokens == ar.tokens
     assert generate(model, PROMPTS, method="sd", drafter=draft, max_new_tokens=30, stop_tokens=[]).tokens == ar.tokens
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_llada_graphed_block_steps_equal_eager(cache):
+    from leapdec.decoding.llada import llada
+
+    model = _model()
+    model.config.causal, model.config.mask_token_id = False, 3
+    kw = dict(max_new_tokens=32, block_length=8, steps=16, cache=cache, stop_tokens=[])
+    assert llada(model, PROMPTS, static_steps=True, **kw).tokens == llada(model, PROMPTS, static_steps=False, **kw).tokens

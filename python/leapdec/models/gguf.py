@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from leapdec.models.config import ConfigError, ModelConfig
+from leapdec.models.loading import resolve_dtype
 from leapdec.models.transformer import Transformer
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 # tensor types dequantized with gguf's own routines (any other is an error naming the tensor)
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # GGUF per-layer tensor name -> Transformer parameter name (``blk.{i}.`` -> ``layers.{i}.``)
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
@@ -214,18 +214,6 @@ def dequantize_tensor(tensor, path="GGUF file") -> np.ndarray:
     return np.asarray(data, dtype=np.float32).reshape(shape)
 
 
-def _resolve_dtype(dtype) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype, got {dtype!r}")
-        return _DTYPES[dtype]
-    if dtype not in _DTYPES.values():
-        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    return dtype
-
-
 def load_gguf(path, device="cpu", dtype=None, checkpoint_dir=None) -> Transformer:
     """A ``Transformer`` from a GGUF file, dequantized to ``dtype`` (default float32).
 
@@ -236,8 +224,8 @@ def load_gguf(path, device="cpu", dtype=None, checkpoint_dir=None) -> Transforme
     path = Path(path).expanduser()
     reader = open_gguf(path)
     config = config_from_gguf(reader, path)
-    target = _resolve_dtype(dtype)
     device = torch.device(device)
+    target = resolve_dtype(dtype, torch.float32, device)      # dequantized weights are float32
     model = Transformer(config, device="meta", init_std=None)
     expected = dict(model.named_parameters())
     permute = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}

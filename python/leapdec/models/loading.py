@@ -94,7 +94,9 @@ def _weight_files(path: Path) -> dict[str, Path]:
     raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path}{hint}")
 
 
-def _resolve_dtype(dtype, stored: torch.dtype, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype, stored: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype weights stored as ``stored`` load as: ``dtype`` (a torch dtype or its name) or,
+    for None, the stored one (float16 becomes float32 on a CPU)."""
     if dtype is None:
         # float16 has no CPU kernels; keep the stored dtype otherwise
         return torch.float32 if stored == torch.float16 and device.type == "cpu" else stored
@@ -171,7 +173,7 @@ def load_checkpoint(path, device="cpu", dtype=None) -> Transformer:
                 if not t.is_floating_point():
                     raise CheckpointError(f"tensor {ckpt_name!r} in {file.name} has dtype {t.dtype}, expected a float")
                 if target is None:
-                    target = _resolve_dtype(dtype, t.dtype, device)
+                    target = resolve_dtype(dtype, t.dtype, device)
                 state[name] = t.to(device=device, dtype=target)
     model.load_state_dict(state, strict=False, assign=True)
     if tied and stored_head is None:

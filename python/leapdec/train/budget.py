@@ -68,3 +68,18 @@ def add_budget_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def budget_command_args(steps, seconds, device, seed, threads) -> list[str]:
+    """The budget options of a recipe's reproducing command line (the inverse of
+    :func:`add_budget_arguments`): ``--steps`` / ``--seconds`` when given, ``--device``, ``--seed``,
+    ``--threads`` when given."""
+    args = []
+    if steps is not None:
+        args += ["--steps", str(steps)]
+    if seconds is not None:
+        args += ["--seconds", f"{seconds:g}"]
+    args += ["--device", str(device), "--seed", str(seed)]
+    if threads is not None:
+        args += ["--threads", str(threads)]
+    return args

@@ -47,7 +47,7 @@ from leapdec.models import load_checkpoint
 from leapdec.models.drafter import CONFIG_FILE, WEIGHTS_FILE, FalconDrafter
 from leapdec.paths import writable_dir
 from leapdec.train import cards, corpus
-from leapdec.train.budget import Budget, add_budget_arguments, cosine_lr
+from leapdec.train.budget import Budget, add_budget_arguments, budget_command_args, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
 
 IGNORE = -100
@@ -246,14 +246,7 @@ def command_line(base, preset, out_dir, steps, seconds, device, seed, threads) -
     args = ["python", "-m", "leapdec.train", "falcon", "--base", str(base), "--preset", preset]
     if out_dir is not None:
         args += ["--out", str(out_dir)]
-    if steps is not None:
-        args += ["--steps", str(steps)]
-    if seconds is not None:
-        args += ["--seconds", f"{seconds:g}"]
-    args += ["--device", str(device), "--seed", str(seed)]
-    if threads is not None:
-        args += ["--threads", str(threads)]
-    return shlex.join(args)
+    return shlex.join(args + budget_command_args(steps, seconds, device, seed, threads))
 
 
 def train_falcon(base="stdlib-ar", preset: str = "default", out_dir=None, steps: int | None = None,

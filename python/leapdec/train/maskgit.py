@@ -27,7 +27,7 @@ from leapdec.images import data
 from leapdec.images import model as model_
 from leapdec.paths import writable_dir
 from leapdec.train import cards
-from leapdec.train.budget import Budget, add_budget_arguments, cosine_lr
+from leapdec.train.budget import Budget, add_budget_arguments, budget_command_args, cosine_lr
 
 
 @dataclass
@@ -96,14 +96,7 @@ def heldout_loss(model, tokens, labels, seed: int = 1234, batch: int = 128) -> f
 
 def command_line(out_dir, preset, steps, seconds, device, seed, threads) -> str:
     args = ["python", "-m", "leapdec.train", "maskgit", "--out", str(out_dir), "--preset", preset]
-    if steps is not None:
-        args += ["--steps", str(steps)]
-    if seconds is not None:
-        args += ["--seconds", f"{seconds:g}"]
-    args += ["--device", str(device), "--seed", str(seed)]
-    if threads is not None:
-        args += ["--threads", str(threads)]
-    return shlex.join(args)
+    return shlex.join(args + budget_command_args(steps, seconds, device, seed, threads))
 
 
 def train_maskgit(out_dir, preset: str = "default", steps: int | None = None, seconds: float | None = None,

@@ -36,7 +36,7 @@ from leapdec.models import load_checkpoint
 from leapdec.models.heads import CONFIG_FILE, WEIGHTS_FILE, MedusaHeads
 from leapdec.paths import writable_dir
 from leapdec.train import cards, corpus
-from leapdec.train.budget import add_budget_arguments
+from leapdec.train.budget import add_budget_arguments, budget_command_args
 from leapdec.train import tokenizer as tokenizers_
 from leapdec.decoding.medusa import MAX_AUTO_NODES, NODE_COST, expected_accept_lengths
 
@@ -260,14 +260,7 @@ def command_line(base, preset, out_dir, steps, seconds, device, seed, threads) -
     args = ["python", "-m", "leapdec.train", "medusa", "--base", str(base), "--preset", preset]
     if out_dir is not None:
         args += ["--out", str(out_dir)]
-    if steps is not None:
-        args += ["--steps", str(steps)]
-    if seconds is not None:
-        args += ["--seconds", f"{seconds:g}"]
-    args += ["--device", str(device), "--seed", str(seed)]
-    if threads is not None:
-        args += ["--threads", str(threads)]
-    return shlex.join(args)
+    return shlex.join(args + budget_command_args(steps, seconds, device, seed, threads))
 
 
 def train_medusa(base="stdlib-ar", preset: str = "default", out_dir=None, steps: int | None = None,

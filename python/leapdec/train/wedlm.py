@@ -40,7 +40,7 @@ from leapdec import zoo
 from leapdec.models import Transformer, load_checkpoint, save_checkpoint
 from leapdec.paths import writable_dir
 from leapdec.train import cards, corpus
-from leapdec.train.budget import Budget, add_budget_arguments, cosine_lr
+from leapdec.train.budget import Budget, add_budget_arguments, budget_command_args, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
 
 MAX_FILE_BYTES = 16_000_000
@@ -287,14 +287,7 @@ def command_line(init_from, out_dir, preset, steps, seconds, device, seed, threa
     """The ``python -m leapdec.train wedlm ...`` command that reproduces a call."""
     args = ["python", "-m", "leapdec.train", "wedlm", "--init-from", str(init_from), "--out", str(out_dir),
             "--preset", preset]
-    if steps is not None:
-        args += ["--steps", str(steps)]
-    if seconds is not None:
-        args += ["--seconds", f"{seconds:g}"]
-    args += ["--device", str(device), "--seed", str(seed)]
-    if threads is not None:
-        args += ["--threads", str(threads)]
-    return shlex.join(args)
+    return shlex.join(args + budget_command_args(steps, seconds, device, seed, threads))
 
 
 def train_wedlm(init_from="stdlib-ar", out_dir="stdlib-wedlm", preset: str = "default",

@@ -17,13 +17,7 @@ from leapdec.train.falcon import drafter_losses, glance, make_targets
 PROMPTS = [[5, 6, 7, 8, 9], [3], list(range(10, 31)), [1, 2]]        # ragged; one shorter than k
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread (and do not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")    # tiny matmuls: one thread (tests/conftest.py)
 
 
 def _distilled_drafter(model, prompts, steps=60, seed=0, num_layers=1, window=32):

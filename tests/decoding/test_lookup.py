@@ -11,12 +11,7 @@ from leapdec.models.testing import tiny_model
 PROMPTS = [[5, 6, 7, 5, 6, 7, 5, 6], [3, 4], list(range(10, 31)) + list(range(10, 20)), [9, 9, 9, 9]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")    # tiny matmuls: one thread (tests/conftest.py)
 
 
 def test_find_draft():

@@ -19,13 +19,7 @@ from leapdec.trees import chain_tree, medusa_tree
 PROMPTS = [[5, 6, 7, 8, 9], [3, 4], list(range(10, 31)), [17] * 9]      # ragged, spans pages
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: one thread is as fast alone and far faster on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")    # tiny matmuls: one thread (tests/conftest.py)
 
 
 def _distilled_heads(model, num_heads=3, steps=120, seed=0):

@@ -12,12 +12,7 @@ from leapdec.models.testing import tiny_model
 PROMPTS = [[5, 6, 7, 8, 9], [3, 4], list(range(10, 31)), [9] * 7]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")    # tiny matmuls: one thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

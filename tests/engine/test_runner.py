@@ -12,12 +12,7 @@ from leapdec.ops import build_tree
 PROMPTS = [[5, 6, 7, 8, 9], [3, 4], list(range(10, 31))]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")    # tiny matmuls: one thread (tests/conftest.py)
 
 
 def test_static_decode_step_matches_eager():

@@ -19,12 +19,7 @@ from leapdec.train.__main__ import RECIPES
 from leapdec.train.__main__ import main as train_main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")    # tiny matmuls: one thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ from leapdec.train import tokenizer as tokenizers_
 from leapdec.train.__main__ import main as train_main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")    # tiny matmuls: one thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

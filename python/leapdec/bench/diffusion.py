@@ -81,12 +81,12 @@ def main(argv=None) -> int:
     print(f"{args.model}: {len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} "
           f"tokens, gen_length {args.gen_length}, block {args.block_length}, {args.device}")
 
-    todo = variants(args.gen_length, args.block_length)
+    runs = variants(args.gen_length, args.block_length)
     if args.only:
         keep = [s.strip() for s in args.only.split(",")]
-        todo = [v for i, v in enumerate(todo) if i == 0 or any(v[0].startswith(k) for k in keep)]
+        runs = [v for i, v in enumerate(runs) if i == 0 or any(v[0].startswith(k) for k in keep)]
     rows, base = [], None
-    for label, method, options in tqdm(todo, desc="decodes"):
+    for label, method, options in tqdm(runs, desc="decodes"):
         def decode(rows, method=method, options=options):
             tokens, row_calls, extra = [], 0, {}
             for s in range(0, len(rows), args.batch):

@@ -125,3 +125,13 @@ def test_default_block_runs_for_any_length():
     out = generate(model, [[5, 6, 7]], method="learn2pd", max_new_tokens=48, stop_tokens=[])
     assert len(out.tokens[0]) == 48
     assert out.stats["block_length"] == 32 and out.stats["gen_length"] == 64
+
+
+def test_a_garbage_filter_file_is_an_error_naming_it(tmp_path):
+    import leapdec
+
+    bad = tmp_path / "filter.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    model = leapdec.load_model("stdlib-mdm")
+    with pytest.raises(ValueError, match="filter.safetensors"):
+        generate(model, [[5, 6]], method="learn2pd", filter=str(bad), max_new_tokens=8)

@@ -53,7 +53,7 @@ def load_filter(model=None, filter=None) -> tuple[tuple, dict]:
     ``learn2pd/`` companion of the model's checkpoint."""
     if isinstance(filter, nn.Module) or isinstance(filter, (tuple, list)):
         return tuple(t.detach() for t in filter_weights_of(filter)), {}
-    from safetensors import safe_open
+    from leapdec.models.loading import open_safetensors
 
     from leapdec.zoo import companion_dir
 
@@ -63,7 +63,7 @@ def load_filter(model=None, filter=None) -> tuple[tuple, dict]:
         path = path / FILTER_FILE
     if not path.is_file():
         raise FileNotFoundError(f"filter: no Learn2PD filter at {path}")
-    with safe_open(str(path), framework="pt") as f:
+    with open_safetensors(path, error=ValueError) as f:     # a bad file is an error naming it
         names = set(f.keys())
         if names != {"w1", "b1", "w2", "b2"}:
             raise ValueError(f"filter: {path} must hold tensors w1, b1, w2, b2, has {sorted(names)}")

@@ -6,7 +6,6 @@ import io
 import json
 import os
 
-import numpy as np
 import pytest
 
 gguf = pytest.importorskip("gguf")
@@ -17,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import leapdec  # noqa: E402
 from leapdec import chat, cli, zoo  # noqa: E402
 from leapdec.models.testing import tiny_model  # noqa: E402
+from gguf_writer import T, write_gguf  # noqa: E402
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # exercises what transformers' renderer provides: trim/lstrip blocks, loop controls, tojson,
@@ -45,42 +45,9 @@ def write_chat_gguf(path, template=TEMPLATE, arch="llama"):
     """A tiny random Llama as an F32 GGUF with a byte-level vocabulary and a ChatML template."""
     tokens = _alphabet() + ["Ġt"] + SPECIALS
     model = tiny_model(arch, seed=5, vocab_size=len(tokens), max_position_embeddings=512)
-    cfg = model.config
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
-    w.add_token_merges(["Ġ t"])
-    w.add_bos_token_id(tokens.index("<|endoftext|>"))
-    w.add_eos_token_id(tokens.index("<|endoftext|>"))
-    w.add_chat_template(template)
-    names = {"embed_tokens.weight": "token_embd.weight", "norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
-             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-    for name, p in model.named_parameters():
-        if name in names:
-            gname = names[name]
-        else:
-            _, i, rest = name.rsplit(".", 1)[0].split(".", 2)
-            gname = f"blk.{i}.{layer[rest]}.weight"
-        w.add_tensor(gname, p.detach().numpy().astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    vocab = (tokens, [3 if t in SPECIALS else 1 for t in tokens], ["Ġ t"])
+    return write_gguf(path, arch, model, T.F32, vocab, chat_template=template, bos_token="<|endoftext|>",
+                      eos_token="<|endoftext|>")
 
 
 @pytest.fixture(scope="module")

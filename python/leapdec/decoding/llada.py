@@ -244,9 +244,10 @@ class DiffusionDecoder:
             eot_threshold=s.eot_threshold, revise=s.revise and step_index >= s.revise_start,
             revise_topk=s.revise_topk)
 
-    def _step(self, rows, lo, hi, refresh: bool, quotas, step_index: int):
+    def window_logits(self, rows, lo, hi, wend, refresh: bool, step_index: int):
+        """One model call of a step of block ``[lo, hi)``: logits ``[R, wend - lo, V]`` of the
+        window's answer positions, by the settings' cache (a full forward at a refresh)."""
         s, G = self.s, self.s.gen_length
-        wend = hi if (s.cache == "dual" or not s.eotp) else G
         if s.cache == "none" or refresh:
             q_start = [0] * len(rows)
             q_end = [len(self.prompts[r]) + G for r in rows]
@@ -254,9 +255,13 @@ class DiffusionDecoder:
             q_start = [len(self.prompts[r]) + lo for r in rows]
             q_end = [len(self.prompts[r]) + (hi if s.cache == "dual" else G) for r in rows]
         if self.static_steps and not (s.cache == "none" or refresh):
-            logits = self._forward_static(rows, q_start, q_end, lo, wend)
-        else:
-            logits = self.forward(rows, q_start, q_end, lo, wend)
+            return self._forward_static(rows, q_start, q_end, lo, wend)
+        return self.forward(rows, q_start, q_end, lo, wend)
+
+    def _step(self, rows, lo, hi, refresh: bool, quotas, step_index: int):
+        s, G = self.s, self.s.gen_length
+        wend = hi if (s.cache == "dual" or not s.eotp) else G
+        logits = self.window_logits(rows, lo, hi, wend, refresh, step_index)
         self.window = (lo, wend)          # answer positions of the step's window (for commit)
         idx = torch.tensor(rows, device=self.answer.device)
         tokens = self.answer[idx, lo:wend].clone()

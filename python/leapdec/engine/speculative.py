@@ -173,33 +173,29 @@ def _tree_step(ctx: SpecContext, live: list[Row], prop: Proposal, parents_cut: t
     return logits, hidden, offsets
 
 
-def verify_and_commit(ctx: SpecContext, rows: Rows, live: list[Row], prop: Proposal,
-                      need_hidden: bool, method: str) -> Verified:
-    """Verify the proposal with one target forward, compact the cache, commit the gained tokens."""
-    device = ctx.model.device
-    n, T = prop.candidates.shape
+def cut_to_room(live: list[Row], prop: Proposal, device) -> tuple[list[int], list[int], torch.Tensor,
+                                                                     list[list[int]], list[list[int]]]:
+    """Each row's present nodes, cut to the depth the row can still use (a row with r tokens of
+    room keeps the nodes of depth <= r - 1, a prefix: nodes are ordered by depth). Returns the
+    full and cut sizes, the cut parents (int32 on ``device``) and the candidates / depths as lists."""
+    T = prop.candidates.shape[1]
     cand_rows, depth_rows = prop.candidates.tolist(), prop.depth.tolist()
     full = prop.sizes if prop.sizes is not None else (prop.parents != ABSENT_PARENT).sum(1).tolist()
-    # a row with r tokens of room keeps the nodes of depth <= r - 1 (a prefix: nodes are by depth)
     sizes = [size if d[size - 1] < r.room else bisect.bisect_right(d, r.room - 1, 0, size)
              for r, d, size in zip(live, depth_rows, full)]
     parents = prop.parents.to(device=device, dtype=torch.int32)
     if sizes != full:
         keep = torch.arange(T, device=device)[None, :] < torch.tensor(sizes, device=device)[:, None]
         parents = torch.where(keep, parents, torch.full_like(parents, ABSENT_PARENT))
-    seqs = [ctx.seqs[r.index] for r in live]
-    starts = [ctx.cache.seq_len(s) for s in seqs]
-    logits, hidden, offsets = _tree_step(ctx, live, prop, parents, sizes, cand_rows, depth_rows, starts,
-                                         need_hidden)
-    check_logits(logits, method, ctx.steps + 1)
-    if logits.shape[0] == n * T:                       # every row ran all T nodes: a plain view
-        node_logits = logits.view(n, T, -1)
-    else:
-        offs_t = torch.tensor(offsets, device=device)
-        node = torch.arange(T, device=device)
-        size_t = torch.tensor(sizes, device=device)
-        node_logits = logits[offs_t[:, None] + torch.minimum(node[None, :], size_t[:, None] - 1)]   # [n, T, V]
-    candidates = prop.candidates.to(device)
+    return full, sizes, parents, cand_rows, depth_rows
+
+
+def accept_paths(ctx: SpecContext, candidates: torch.Tensor, parents: torch.Tensor,
+                 node_logits: torch.Tensor, draft_probs: torch.Tensor | None = None,
+                 draft_rule: str = "iid") -> list[list[int]]:
+    """The acceptance rule of ``ctx`` over trees ``[n, T]`` with the target's logits at each node
+    ``[n, T, V]``: per row ``[accept_len, bonus, node ids of the accepted path...]`` (one host
+    sync). Greedy, Medusa's typical acceptance, or lossless speculative sampling."""
     if ctx.acceptance == "greedy":
         result = verify_tree_greedy(candidates, parents, node_logits.argmax(dim=-1))
     elif ctx.acceptance == "typical":
@@ -207,22 +203,81 @@ def verify_and_commit(ctx: SpecContext, rows: Rows, live: list[Row], prop: Propo
                                      ctx.posterior_alpha, ctx.temperature)
     else:
         probs = warp_logits(node_logits, ctx.temperature, ctx.top_k, ctx.top_p).softmax(dim=-1)
-        rule = "deterministic" if prop.draft_probs is None else prop.draft_rule
-        result = verify_tree_sampling(candidates, parents, prop.draft_probs, probs,
+        rule = "deterministic" if draft_probs is None else draft_rule
+        result = verify_tree_sampling(candidates, parents, draft_probs, probs,
                                       draft_rule=rule, generator=ctx.generator)
-    packed = torch.cat([result.accept_len[:, None].long(), result.bonus[:, None].long(),
-                        result.accept_index.long()], 1).tolist()                     # one sync
+    return torch.cat([result.accept_len[:, None].long(), result.bonus[:, None].long(),
+                      result.accept_index.long()], 1).tolist()
+
+
+def commit_paths(ctx: SpecContext, rows: Rows, live: list[Row], packed: list[list[int]],
+                 cand_rows: list[list[int]], starts: list[int], ran: list[int] | None = None):
+    """Move each accepted path's K/V into place and commit its tokens plus the bonus token.
+    ``ran[j]``: how many of row j's nodes the target ran (default: all); nodes from there on are
+    verified with their parent's logits but hold no K/V, and a path that ends on one gains no
+    bonus (its logits were never computed). Returns (paths, gained)."""
     paths, gained = [], []
     cache = ctx.cache
     for j, row in enumerate(live):
         acc_len, bonus = packed[j][0], packed[j][1]
         path = packed[j][2:2 + acc_len]
-        cache.compact(seqs[j], starts[j], [starts[j] + c for c in path])
+        limit = len(cand_rows[j]) if ran is None else ran[j]
+        seq = ctx.seqs[row.index]
+        cache.compact(seq, starts[j], [starts[j] + c for c in path if c < limit])
         paths.append(path)
-        gained.append([cand_rows[j][c] for c in path[1:]] + [bonus])
+        gained.append([cand_rows[j][c] for c in path[1:]] + ([bonus] if path[-1] < limit else []))
     rows.commit_call(live, gained, speculative=True)
     ctx.steps += 1
+    return paths, gained
+
+
+def gather_node_logits(logits: torch.Tensor, n: int, T: int, sizes: list[int], offsets: list[int]):
+    """Flat logits of the rows' nodes ``[sum sizes, V]`` as ``[n, T, V]`` (absent nodes repeat a
+    row's last present node)."""
+    if logits.shape[0] == n * T:                       # every row ran all T nodes: a plain view
+        return logits.view(n, T, -1)
+    device = logits.device
+    offs_t = torch.tensor(offsets, device=device)
+    node = torch.arange(T, device=device)
+    size_t = torch.tensor(sizes, device=device)
+    return logits[offs_t[:, None] + torch.minimum(node[None, :], size_t[:, None] - 1)]
+
+
+def verify_and_commit(ctx: SpecContext, rows: Rows, live: list[Row], prop: Proposal,
+                      need_hidden: bool, method: str) -> Verified:
+    """Verify the proposal with one target forward, compact the cache, commit the gained tokens."""
+    device = ctx.model.device
+    n, T = prop.candidates.shape
+    full, sizes, parents, cand_rows, depth_rows = cut_to_room(live, prop, device)
+    seqs = [ctx.seqs[r.index] for r in live]
+    starts = [ctx.cache.seq_len(s) for s in seqs]
+    logits, hidden, offsets = _tree_step(ctx, live, prop, parents, sizes, cand_rows, depth_rows, starts,
+                                         need_hidden)
+    check_logits(logits, method, ctx.steps + 1)
+    node_logits = gather_node_logits(logits, n, T, sizes, offsets)
+    packed = accept_paths(ctx, prop.candidates.to(device), parents, node_logits, prop.draft_probs,
+                          prop.draft_rule)
+    paths, gained = commit_paths(ctx, rows, live, packed, cand_rows, starts)
     return Verified(paths, gained, hidden, offsets)
+
+
+def prefill(ctx: SpecContext, rows: Rows, prompts: list[list[int]], need_hidden: bool, method: str):
+    """Every prompt in one target forward; commits each row's first token (greedy, or sampled
+    under ``acceptance="sampling"``). Returns the hidden states (or None) and each prompt's
+    offset in them."""
+    step = plan_extend(ctx.cache, ctx.seqs, prompts, logits="last")
+    out = ctx.model.forward_paged(step, ctx.cache, return_hidden=need_hidden)
+    logits, hidden = out if need_hidden else (out, None)
+    check_logits(logits, method, 0)
+    if ctx.acceptance == "sampling":
+        first = sample_next(logits, ctx.temperature, ctx.top_k, ctx.top_p, ctx.generator).tolist()
+    else:
+        first = logits.argmax(dim=-1).tolist()
+    rows.commit_call(rows.rows, [[t] for t in first])
+    offsets = [0]
+    for p in prompts[:-1]:
+        offsets.append(offsets[-1] + len(p))
+    return hidden, offsets
 
 
 def speculative_generate(model, prompts: list[list[int]], drafter: Drafter, *, method: str,
@@ -265,19 +320,7 @@ def speculative_generate(model, prompts: list[list[int]], drafter: Drafter, *, m
         if static_steps:
             ctx.static = StaticSteps(session, f"tree-{method}", drafter.fixed_nodes, custom=True,
                                      return_hidden=drafter.needs_hidden)
-        # ---- prefill: every prompt in one forward; the first token of each row
-        step = plan_extend(cache, seqs, prompts, logits="last")
-        out = model.forward_paged(step, cache, return_hidden=drafter.needs_hidden)
-        logits, hidden = out if drafter.needs_hidden else (out, None)
-        check_logits(logits, method, 0)
-        if acceptance == "sampling":
-            first = sample_next(logits, temperature, top_k, top_p, gen).tolist()
-        else:
-            first = logits.argmax(dim=-1).tolist()
-        rows.commit_call(rows.rows, [[t] for t in first])
-        offsets = [0]
-        for p in prompts[:-1]:
-            offsets.append(offsets[-1] + len(p))
+        hidden, offsets = prefill(ctx, rows, prompts, drafter.needs_hidden, method)
         drafter.start(ctx, rows.rows, hidden, offsets)
         # ---- speculative steps
         live = rows.live

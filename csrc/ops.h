@@ -61,6 +61,12 @@ void topological_reorder_cpu(const at::Tensor& tokens, const at::Tensor& masked,
                              const at::Tensor& positions, at::Tensor& tokens_out, at::Tensor& positions_out,
                              at::Tensor& perm, at::Tensor& inv_perm);
 
+void ctc_prefix_score_cpu(at::Tensor& r_out, at::Tensor& psi, const at::Tensor& log_probs,
+                          const at::Tensor& frame_lens, const at::Tensor& r_prev,
+                          const at::Tensor& prefix_len, const at::Tensor& last_token,
+                          const at::Tensor& hyp_utt, const at::Tensor& cand, int64_t blank,
+                          int64_t eos);
+
 // ---------------------------------------------------------------- CUDA
 #ifdef LEAPDEC_WITH_CUDA
 void append_paged_kv_cuda(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
@@ -106,6 +112,11 @@ void unmask_and_filter_cuda(const at::Tensor& logits, at::Tensor& tokens, at::Te
 void topological_reorder_cuda(const at::Tensor& tokens, const at::Tensor& masked,
                               const at::Tensor& positions, at::Tensor& tokens_out, at::Tensor& positions_out,
                               at::Tensor& perm, at::Tensor& inv_perm);
+void ctc_prefix_score_cuda(at::Tensor& r_out, at::Tensor& psi, const at::Tensor& log_probs,
+                           const at::Tensor& frame_lens, const at::Tensor& r_prev,
+                           const at::Tensor& prefix_len, const at::Tensor& last_token,
+                           const at::Tensor& hyp_utt, const at::Tensor& cand, int64_t blank,
+                           int64_t eos);
 #endif
 
 }  // namespace leapdec

@@ -50,6 +50,11 @@ TORCH_LIBRARY(leapdec, m) {
   m.def(
       "topological_reorder(Tensor tokens, Tensor masked, Tensor positions, Tensor(a!) tokens_out, "
       "Tensor(b!) positions_out, Tensor(c!) perm, Tensor(d!) inv_perm) -> ()");
+  // One CTC prefix-scoring step (ESPnet CTCPrefixScoreTH): hypotheses n (forward vars r_prev[T,2,N] over utterance hyp_utt[n] of log_probs[B,T,V], frame_lens[B]; prefix_len/last_token[N]) extended by cand[N,C] (-1 pads); writes r_out[T,2,N,C] and prefix scores psi[N,C] (eos: end score, blank: log-zero -1e10).
+  m.def(
+      "ctc_prefix_score(Tensor(a!) r_out, Tensor(b!) psi, Tensor log_probs, Tensor frame_lens, "
+      "Tensor r_prev, Tensor prefix_len, Tensor last_token, Tensor hyp_utt, Tensor cand, int blank, "
+      "int eos) -> ()");
   // @@ more schemas (later issues) go above this line
 }
 
@@ -64,6 +69,7 @@ TORCH_LIBRARY_IMPL(leapdec, CPU, m) {
   m.impl("verify_tree_sampling", &leapdec::verify_tree_sampling_cpu);
   m.impl("unmask_and_filter", &leapdec::unmask_and_filter_cpu);
   m.impl("topological_reorder", &leapdec::topological_reorder_cpu);
+  m.impl("ctc_prefix_score", &leapdec::ctc_prefix_score_cpu);
   // @@ more CPU impls go above this line
 }
 
@@ -79,6 +85,7 @@ TORCH_LIBRARY_IMPL(leapdec, CUDA, m) {
   m.impl("verify_tree_sampling", &leapdec::verify_tree_sampling_cuda);
   m.impl("unmask_and_filter", &leapdec::unmask_and_filter_cuda);
   m.impl("topological_reorder", &leapdec::topological_reorder_cuda);
+  m.impl("ctc_prefix_score", &leapdec::ctc_prefix_score_cuda);
   // @@ more CUDA impls go above this line
 }
 #endif

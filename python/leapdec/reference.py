@@ -574,3 +574,62 @@ def topological_reorder(tokens, masked, positions):
     perm_d = perm.to(dev)
     return (torch.gather(tokens, 1, perm_d), torch.gather(positions, 1, perm_d),
             perm.to(torch.int32).to(dev), inv_perm.to(torch.int32).to(dev))
+
+
+# --------------------------------------------------------------------------- CTC prefix scoring (AVSR)
+
+CTC_LOG_ZERO = -1e10  # ESPnet's finite log-zero
+
+
+def ctc_prefix_score(log_probs, frame_lens, r_prev, prefix_len, last_token, hyp_utt, cand, blank, eos):
+    """One step of CTC prefix scoring (ESPnet CTCPrefixScoreTH, Watanabe et al. 2017 Alg. 2).
+
+    Hypothesis n (``prefix_len[n]`` tokens, last ``last_token[n]``) of utterance ``hyp_utt[n]``
+    (frames ``t < frame_lens[b]`` of ``log_probs [B, T, V]``) has forward variables ``r_prev [T, 2,
+    N]`` (``0``: the alignment ends in a label at frame t, ``1``: in a blank). Extending it by
+    ``c = cand[n, j]``: ``phi = r_prev[:, 1]`` when c repeats the last label (a blank must separate
+    them), else ``logaddexp`` of both rows; ``start = max(prefix_len, 1)``;
+    ``r[t,0] = logaddexp(r[t-1,0], phi[t-1]) + x[t,c]``, ``r[t,1] = logaddexp(r[t-1,0], r[t-1,1]) +
+    x[t,blank]`` for ``start <= t < len``; log-zero before start (``r[0,0] = x[0,c]`` for an empty
+    prefix); past the end ``r[t,0]`` is log-zero and ``r[t,1] = logaddexp(r[t-1,0], r[t-1,1])``.
+    ``psi = logsumexp(r[start-1,0], phi[t-1] + x[t,c] for start <= t < len)``; a candidate equal
+    to ``eos`` gets the end score ``logaddexp(r_prev[len-1,0], r_prev[len-1,1])``, ``blank`` and
+    ``-1`` (padding; its r too) get log-zero. Returns ``r [T, 2, N, C]``, ``psi [N, C]`` float32."""
+    lp = log_probs.float()
+    T = lp.shape[1]
+    N, C = cand.shape
+    dev = lp.device
+    utt = hyp_utt.long()
+    lens = frame_lens.long()[utt]                                          # [N]
+    plen = prefix_len.long()
+    cand = cand.long()
+    col = cand.clamp(min=0)
+    x = torch.gather(lp[utt], 2, col[:, None, :].expand(N, T, C)).permute(1, 0, 2)   # [T, N, C]
+    xb = lp[utt, :, blank].t()[:, :, None]                                 # [T, N, 1]
+    repeat = (plen > 0)[:, None] & (cand == last_token.long()[:, None])    # [N, C]
+    r_sum = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])                    # [T, N]
+    phi = torch.where(repeat[None], r_prev[:, 1, :, None], r_sum[:, :, None])  # [T, N, C]
+    start = plen.clamp(min=1)
+    zero = torch.full((N, C), CTC_LOG_ZERO, device=dev)
+    r = torch.full((T, 2, N, C), CTC_LOG_ZERO, device=dev)
+    r[0, 0] = torch.where((plen == 0)[:, None], x[0], zero)
+    psi = zero.clone()
+    for t in range(1, T):
+        active = (t >= start)[:, None]
+        inside = active & (t < lens)[:, None]
+        past = active & (t >= lens)[:, None]
+        psi = torch.where((t == start)[:, None], r[t - 1, 0], psi)
+        total_prev = torch.logaddexp(r[t - 1, 0], r[t - 1, 1])
+        new_n = torch.logaddexp(r[t - 1, 0], phi[t - 1]) + x[t]
+        new_b = total_prev + xb[t]
+        psi = torch.where(inside, torch.logaddexp(psi, phi[t - 1] + x[t]), psi)
+        r[t, 0] = torch.where(inside, new_n, zero)
+        r[t, 1] = torch.where(inside, new_b, torch.where(past, total_prev, zero))
+    psi = torch.where((start >= T)[:, None], r[T - 1, 0], psi)
+    end_score = r_sum[lens - 1, torch.arange(N, device=dev)]               # [N]
+    psi = torch.where(cand == eos, end_score[:, None].expand(N, C), psi)
+    psi = torch.where(cand == blank, zero, psi)
+    pad = cand < 0
+    psi = torch.where(pad, zero, psi)
+    r = r.masked_fill(pad[None, None], CTC_LOG_ZERO)
+    return r, psi

@@ -18,6 +18,7 @@ RECIPES = {
     "learn2pd": "leapdec.train.learn2pd",
     "rediff": "leapdec.train.rediff",
     "wedlm": "leapdec.train.wedlm",
+    "deer": "leapdec.train.deer",
 }
 
 

@@ -3,6 +3,7 @@ and check index values of CUDA tensors on the host (outside graph capture)."""
 
 from leapdec.ops._lib import set_index_checks
 from leapdec.ops.attention import paged_attention
+from leapdec.ops.ctc import CTCPrefixScores, ctc_initial_state, ctc_prefix_score
 from leapdec.ops.diffusion import topological_reorder, unmask_and_filter
 from leapdec.ops.kv_cache import append_paged_kv, move_kv_slots
 from leapdec.ops.rope import rope_append_paged_kv
@@ -11,4 +12,5 @@ from leapdec.ops.tree import (TreeVerification, build_tree, verify_tree_greedy, 
 
 __all__ = ["append_paged_kv", "move_kv_slots", "paged_attention", "rope_append_paged_kv",
            "set_index_checks", "TreeVerification", "build_tree", "verify_tree_greedy",
-           "verify_tree_sampling", "verify_tree_typical", "topological_reorder", "unmask_and_filter"]
+           "verify_tree_sampling", "verify_tree_typical", "topological_reorder", "unmask_and_filter",
+           "CTCPrefixScores", "ctc_initial_state", "ctc_prefix_score"]

@@ -10,6 +10,7 @@ import sys
 
 # recipe name -> module holding its main(argv)
 RECIPES = {
+    "avsr": "leapdec.train.avsr",
     "falcon": "leapdec.train.falcon",
     "lm": "leapdec.train.lm",
     "maskgit": "leapdec.train.maskgit",

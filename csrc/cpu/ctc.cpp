@@ -143,7 +143,7 @@ LEAPDEC_SIMD_INLINE void score_hyp(const ctc::Problem& p, const T* lp, int len, 
     ps[j] = kLogZero;
   }
   std::copy(rn, rn + C, out);
-  std::fill(out + N * C, out + 2 * N * C, kLogZero);
+  std::fill(out + N * C, out + N * C + C, kLogZero);
   for (int t = 1; t < p.frames; ++t) {
     if (t == start) std::copy(rn, rn + Cp, ps);
     if (t < start) {

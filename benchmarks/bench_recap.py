@@ -13,6 +13,15 @@ model calls, full / local steps, positions evaluated per image, wall-clock.
 
 ``--out DIR`` writes ``recap.md`` (the tables), ``recap.json`` and ``recap.png`` (quality vs time).
 Importable: ``run(...)`` returns the rows, ``markdown(rows, info)`` the tables.
+
+``--text``: the text masked diffusion LM instead (``generate(..., method="recap")`` on
+``stdlib-mdm``, held-out prompts of ``leapdec.train.corpus.eval_prompts``): for each step count,
+plain LLaDA, LLaDA with Fast-dLLM's dual cache and ReCAP with the same three schedules (counted
+within each block), one ragged batch; model calls, positions evaluated, wall-clock (median of
+``--repeats``), rows identical to and token agreement with LLaDA at the same steps and at the most
+steps, and the answers' NLL under ``stdlib-ar``. Writes ``recap_text.md`` and ``recap_text.json``.
+
+    python benchmarks/bench_recap.py --text [--prompts 16] [--gen-length 128] [--text-steps 128,64,32]
 """
 
 from __future__ import annotations
@@ -156,6 +165,125 @@ def plot(rows, path) -> None:
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------- the text model
+
+def text_configs(steps_list, block_steps):
+    """(label, method, steps, options) of every text decode; ``block_steps(steps)`` is the steps
+    per block, which ReCAP's schedule counts in."""
+    runs = []
+    for s in steps_list:
+        b = block_steps(s)
+        runs += [("llada", "llada", s, {}), ("llada dual cache", "llada", s, {"cache": "dual"}),
+                 ("recap", "recap", s, {}),
+                 ("recap-paper", "recap", s, {"pre_full": b // 2, "local_steps": 1}),
+                 ("recap-fast", "recap", s, {"pre_full": b // 8, "local_steps": 4})]
+    return runs
+
+
+def run_text(model="stdlib-mdm", ar_model="stdlib-ar", prompts=16, gen_length=128, block_length=32,
+             steps_list=(128, 64, 32), repeats=3, progress=True):
+    """Every text decode on ``prompts`` held-out prompts (one ragged batch); returns ``(rows, info)``.
+    Plain LLaDA's positions come from ReCAP's all-full schedule, checked to give its tokens."""
+    from tqdm.auto import tqdm
+
+    import leapdec
+    from leapdec.bench.common import time_runs
+    from leapdec.evaluate import token_agreement
+    from leapdec.train import corpus
+    from leapdec.train import tokenizer as tokenizers_
+    from leapdec.train.rediff import ar_nll
+
+    m = leapdec.load_model(model)
+    ar = leapdec.load_model(ar_model)
+    tok = tokenizers_.load_tokenizer(m.checkpoint_dir)
+    eos = tokenizers_.special_token_ids(tok)["eos"]
+    ids = [[eos] + tok.encode(p.prompt, add_special_tokens=False).ids
+           for p in corpus.eval_prompts(prompts, seed=0, max_prompt_chars=600)]
+    n = len(ids)
+    common = dict(max_new_tokens=gen_length, block_length=block_length)
+
+    def decode(method, steps, opts):
+        return leapdec.generate(m, ids, method=method, steps=steps, **common, **opts)
+
+    decode("llada", min(steps_list), {})                           # warm-up
+    steps_list = sorted(steps_list, reverse=True)
+    rows, plain = [], {}
+    for label, method, steps, opts in tqdm(text_configs(steps_list, lambda s: s * block_length // gen_length),
+                                           desc="bench_recap text", disable=not progress):
+        out, walls = time_runs(lambda: decode(method, steps, opts), "cpu", warmup=0, repeats=repeats)
+        st = out.stats
+        if label == "llada":
+            all_full = decode("recap", steps, {"local_steps": 0})
+            if all_full.tokens != out.tokens:
+                raise AssertionError(f"recap with local_steps=0 differs from llada at {steps} steps")
+            st = {**st, "positions_evaluated": all_full.stats["positions_evaluated"],
+                  "full_steps": all_full.stats["full_steps"], "local_steps": 0}
+            plain[steps] = {"tokens": out.tokens, "wall_s": walls.median, "positions": st["positions_evaluated"]}
+        base, ref = plain[steps], plain[steps_list[0]]
+        positions = st.get("positions_evaluated")
+        rows.append({"decode": label, "method": method, "steps": steps, "options": opts,
+                     "model_calls": st["model_calls"], "full_steps": st.get("full_steps"),
+                     "local_steps": st.get("local_steps"),
+                     "positions_per_row": None if positions is None else positions / n,
+                     "positions_vs_llada": None if positions is None else positions / base["positions"],
+                     "wall_s": walls.median, "wall_s_spread": walls.as_dict(),
+                     "speedup": base["wall_s"] / walls.median,
+                     "identical_rows": sum(a == b for a, b in zip(out.tokens, base["tokens"])),
+                     "agreement": token_agreement(out.tokens, base["tokens"]),
+                     "agreement_most_steps": token_agreement(out.tokens, ref["tokens"]),
+                     "mean_length": sum(map(len, out.tokens)) / n,
+                     "ar_nll": ar_nll(ar, ids, out.tokens, eos)})
+    info = {"model": model, "prompts": n, "prompt_tokens": [min(map(len, ids)), max(map(len, ids))],
+            "gen_length": gen_length, "block_length": block_length, "repeats": repeats,
+            "most_steps": steps_list[0], "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    return rows, info
+
+
+def text_markdown(rows, info) -> str:
+    lines = [f"{info['model']}, {info['prompts']} held-out prompts ({info['prompt_tokens'][0]}-"
+             f"{info['prompt_tokens'][1]} tokens) in one ragged batch, gen_length {info['gen_length']}, "
+             f"block {info['block_length']}, greedy, early exit; {info['torch_threads']} torch thread(s), "
+             f"torch {info['torch']}, {info['date']}; wall s: median of {info['repeats']} runs. ReCAP's "
+             "schedule counts steps within each block (steps per block = steps x block / gen_length).", "",
+             "| decode | steps | full + local | model calls | positions / row | positions vs LLaDA | wall s "
+             "| speedup vs LLaDA, same steps | identical rows | token agreement, same steps "
+             f"| agreement with LLaDA {info['most_steps']} steps | mean length | NLL under stdlib-ar |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sched = "-" if r["full_steps"] is None else f"{r['full_steps']} + {r['local_steps']}"
+        if r["method"] == "recap":
+            opts = r["options"]
+            sched += (f" (pre {opts['pre_full']}, {opts['local_steps']} local/full)" if opts
+                      else " (default: pre steps/block/4, 3 local/full)")
+        pos = ("not counted" if r["positions_per_row"] is None else f"{r['positions_per_row']:.0f}")
+        share = "-" if r["positions_vs_llada"] is None else f"{100 * r['positions_vs_llada']:.0f} %"
+        lines.append(f"| {r['decode']} | {r['steps']} | {sched} | {r['model_calls']} | {pos} | {share} | "
+                     f"{r['wall_s']:.2f} | {r['speedup']:.2f}x | {r['identical_rows']}/{info['prompts']} | "
+                     f"{100 * r['agreement']:.1f} % | {100 * r['agreement_most_steps']:.1f} % | "
+                     f"{r['mean_length']:.1f} | {r['ar_nll']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def text_main(args) -> int:
+    steps = [int(s) for s in args.text_steps.split(",") if s]
+    prompts, gen_length = args.prompts, args.gen_length
+    if args.quick:
+        prompts, gen_length, steps = 2, 64, [64, 32]
+    t0 = time.perf_counter()
+    rows, info = run_text(args.text_model, args.ar_model, prompts, gen_length, args.block_length, steps,
+                          max(1, args.repeats), not args.no_progress)
+    info["total_s"] = time.perf_counter() - t0
+    table = text_markdown(rows, info)
+    print(table)
+    if args.out:
+        out_dir = Path(args.out)
+        (out_dir / "recap_text.md").write_text(table)
+        (out_dir / "recap_text.json").write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
+        print(f"wrote {out_dir}/recap_text.md, recap_text.json")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="digits-maskgit", help="zoo name or checkpoint folder")
@@ -165,17 +293,28 @@ def main(argv=None) -> int:
                     help="extra base-sampler step counts for the matched-time comparison")
     ap.add_argument("--pre-full", type=int, help="ReCAP full steps first (default steps // 4)")
     ap.add_argument("--local-steps", type=int, default=3, help="ReCAP local steps per full step")
-    ap.add_argument("--repeats", type=int, default=1, help="time each run this many times (min)")
+    ap.add_argument("--repeats", type=int, default=1, help="time each run this many times (images: the min; --text: the median)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="2 images per class, steps 8,16")
+    ap.add_argument("--quick", action="store_true", help="2 images per class, steps 8,16 (--text: 2 prompts, gen_length 64, steps 64,32)")
     ap.add_argument("--out", help="folder for recap.md, recap.json, recap.png")
     ap.add_argument("--no-progress", action="store_true")
+    text = ap.add_argument_group("the text model (--text)")
+    text.add_argument("--text", action="store_true", help="benchmark method='recap' on the text diffusion LM "
+                      "instead of the digits (writes recap_text.md / .json)")
+    text.add_argument("--text-model", default="stdlib-mdm")
+    text.add_argument("--ar-model", default="stdlib-ar", help="scores the answers (NLL)")
+    text.add_argument("--prompts", type=int, default=16, help="held-out prompts")
+    text.add_argument("--gen-length", type=int, default=128)
+    text.add_argument("--block-length", type=int, default=32)
+    text.add_argument("--text-steps", default="128,64,32", help="step counts (each a multiple of the blocks)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out_dir = Path(args.out) if args.out else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+    if args.text:
+        return text_main(args)
     per_class, steps = args.per_class, [int(s) for s in args.steps.split(",") if s]
     extra = [int(s) for s in args.base_extra_steps.split(",") if s]
     if args.quick:

@@ -1,6 +1,7 @@
 """Method "recap": a local step's logits equal a full step's when the context is unchanged; the
 all-full schedule is llada; on a one-layer model (whose cached K/V never go stale) every schedule
-is llada; the schedule and stats; seeds; ragged batches; bad options."""
+is llada (both on CPU, and on CUDA where present); the schedule and stats; seeds; ragged
+batches; bad options; the text part of benchmarks/bench_recap.py."""
 
 import pytest
 import torch
@@ -35,13 +36,13 @@ class _ProbeDecoder(RecapDecoder):
         self.local = [self.window_logits(rows, 0, bl, bl, False, 1) for _ in range(2)]
 
 
-def test_a_local_step_equals_the_full_step_when_the_context_is_unchanged():
-    model = mdm(seed=3)
+def test_a_local_step_equals_the_full_step_when_the_context_is_unchanged(device):
+    model = mdm(seed=3, device=device)
     settings = DiffusionSettings(model, 32, block_length=16, page_size=4)
     probe = _ProbeDecoder(model, PROMPTS, settings, set(), pre_full=0, local_steps=3)
     probe.run()
     assert probe.full_steps == 1 and probe.local_count == 2
-    group = probe.masked[:, :16]
+    group = probe.masked[:, :16]                          # on the model's device
     assert group.sum() == 3 * 15                          # every masked block position, not position 3
     for local in probe.local:                             # the second reads the first's rewrites
         torch.testing.assert_close(local[group], probe.full[group], atol=2e-5, rtol=1e-5)
@@ -63,11 +64,11 @@ def test_the_all_full_schedule_is_llada(opts):
 
 
 @pytest.mark.parametrize("schedule", [dict(), dict(pre_full=0, local_steps=7), dict(pre_full=8, local_steps=1)])
-def test_a_one_layer_model_decodes_as_llada_under_any_schedule(schedule):
+def test_a_one_layer_model_decodes_as_llada_under_any_schedule(schedule, device):
     """One layer: a position's K/V depend on its own token only, so the cache holds exact K/V
     for everything outside the group and the local steps are exact; this checks the group
     queries, their slots across pages, the commits reaching the cache and the window scatter."""
-    model = mdm(seed=2, num_hidden_layers=1)
+    model = mdm(seed=2, num_hidden_layers=1, device=device)
     ref = generate(model, PROMPTS, method="llada", **KW)
     out = generate(model, PROMPTS, method="recap", **schedule, **KW)
     assert out.tokens == ref.tokens
@@ -130,3 +131,29 @@ def test_wrong_model_or_option_is_an_error():
         generate(mdm(), PROMPTS, method="recap", cache="dual", **KW)
     with pytest.raises(ValueError, match="method 'recap' decodes a bidirectional"):
         generate(tiny_model(seed=0, causal=True, mask_token_id=MASK), PROMPTS, method="recap", **KW)
+
+
+def test_bench_recap_text_part(tmp_path):
+    """benchmarks/bench_recap.py --text on the zoo's stdlib-mdm, shrunk: every decode is a row and
+    plain LLaDA's positions are those of ReCAP's all-full schedule (checked inside)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_recap.py"
+    spec = importlib.util.spec_from_file_location("bench_recap", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--text", "--prompts", "2", "--gen-length", "32", "--text-steps", "32,16",
+                       "--out", str(tmp_path), "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "recap_text.json").read_text())["rows"]
+    assert [(r["decode"], r["steps"]) for r in rows] == [
+        (label, s) for s in (32, 16) for label in ("llada", "llada dual cache", "recap", "recap-paper", "recap-fast")]
+    for r in rows:
+        if r["method"] == "recap":
+            assert r["full_steps"] + r["local_steps"] == r["model_calls"] and r["positions_vs_llada"] < 1
+        elif r["decode"] == "llada":
+            assert r["positions_vs_llada"] == 1 and r["agreement"] == 1 and r["identical_rows"] == 2
+        assert 0 <= r["agreement"] <= 1 and r["wall_s"] > 0
+    table = (tmp_path / "recap_text.md").read_text()
+    assert table.count("\n| recap") == 6 and "not counted" in table

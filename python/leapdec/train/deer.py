@@ -73,14 +73,15 @@ class Preset:
     eval_prompts: int = 8         # held-out prompts for the decoding evaluation
     eval_new_tokens: int = 128
     eval_block_size: int = 16
+    corpus_max_bytes: int | None = None
 
 
 PRESETS = {
     # seconds on a CPU: the tests
     "tiny": Preset(num_layers=1, function_prompts=8, window_prompts=4, heldout_prompts=4, window_len=24,
                    max_prompt_tokens=48, gen_len=24, gen_batch=12, batch_size=4, cuts=3,
-                   block_lens=(3, 7), lr=2e-3, steps=12, warmup=2, eval_every=6, eval_prompts=2,
-                   eval_new_tokens=16, eval_block_size=4),
+                   block_lens=(3, 7), lr=2e-3, steps=20, warmup=2, eval_every=10, eval_prompts=2,
+                   eval_new_tokens=16, eval_block_size=4, corpus_max_bytes=300_000),
     # ~20 minutes on one thread of a shared 2-core CPU for the zoo's stdlib-ar
     "default": Preset(num_layers=2, function_prompts=640, window_prompts=128, heldout_prompts=48,
                       window_len=64, max_prompt_tokens=160, gen_len=128, gen_batch=32, batch_size=16,
@@ -282,7 +283,7 @@ def train_deer(base="stdlib-ar", preset: str = "default", out_dir=None, steps: i
     data_start = time.perf_counter()
     texts = train_function_prompts(tok, p.function_prompts, seed)
     prompts = _encode_prompts(tok, texts, eos, p.max_prompt_tokens)
-    stream = corpus.encode_corpus(tok, "train")
+    stream = corpus.encode_corpus(tok, "train", max_bytes=p.corpus_max_bytes)
     prompts += sample_prompts(stream, p.window_prompts, p.window_len, seed)
     held_texts = [e.prompt for e in corpus.eval_prompts(p.heldout_prompts + p.eval_prompts, seed=1)]
     decode_prompts = _encode_prompts(tok, held_texts[:p.eval_prompts], eos, p.max_prompt_tokens)
@@ -303,7 +304,7 @@ def train_deer(base="stdlib-ar", preset: str = "default", out_dir=None, steps: i
     drafter.train()
     bar = tqdm(total=step_budget or int(seconds), disable=not progress, desc=f"deer/{preset}",
                unit="step" if step_budget else "s")
-    train_start, step, ema, stage_switch = time.perf_counter(), 0, None, None
+    train_start, step, ema, stage_switch, first_loss = time.perf_counter(), 0, None, None, None
     tokens_per_step = p.batch_size * (p.gen_len + p.cuts * sum(p.block_lens) // len(p.block_lens))
 
     def progress_frac() -> float:
@@ -335,7 +336,8 @@ def train_deer(base="stdlib-ar", preset: str = "default", out_dir=None, steps: i
         value = loss.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"training diverged at step {step} (loss {value})")
-        ema = value if ema is None else 0.97 * ema + 0.03 * value
+        ema = value if ema is None else 0.9 * ema + 0.1 * value
+        first_loss = value if first_loss is None else first_loss
         if step_budget:
             bar.update(1)
         else:
@@ -377,7 +379,8 @@ def train_deer(base="stdlib-ar", preset: str = "default", out_dir=None, steps: i
         "command": command,
         "date": cards.now_iso(),
         "machine": cards.machine_info(device),
-        "recipe": {**dataclasses.asdict(p), "preset": preset, "seed": seed, "steps_budget": steps,
+        "recipe": {**dataclasses.asdict(p), "block_lens": list(p.block_lens), "preset": preset, "seed": seed,
+                   "steps_budget": steps,
                    "seconds_budget": seconds, "optimizer": "AdamW(betas=(0.9, 0.95))",
                    "schedule": "linear warmup, cosine to min_lr_ratio over the budget",
                    "stage_1": "cross-entropy on the root's draft and every block position, equal weights",
@@ -401,6 +404,7 @@ def train_deer(base="stdlib-ar", preset: str = "default", out_dir=None, steps: i
         "training": {"steps": step, "tokens_seen": step * tokens_per_step, "data_s": round(data_s, 1),
                      "train_s": round(train_s, 1), "wall_s": 0.0,
                      "threads": torch.get_num_threads(),
+                     "first_train_loss": round(first_loss, 4) if first_loss is not None else None,
                      "final_train_loss": round(ema, 4) if ema is not None else None, "history": history},
         "eval": {**final, "decoding": decoding},
     }

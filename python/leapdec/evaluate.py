@@ -34,6 +34,8 @@ class MethodResult:
     speedup_vs_ar: float
     match_ar: float          # share of positions equal to greedy AR's tokens
     identical_to_ar: bool    # every row token-for-token equal to greedy AR
+    mean_accepted_length: float | None = None       # speculative methods: tokens gained per verify step
+    accept_length_histogram: dict | None = None     # speculative methods: {tokens gained: steps}
 
 
 def token_agreement(a: list[list[int]], b: list[list[int]]) -> float:
@@ -109,7 +111,9 @@ def compare_methods(prompts, methods, max_new_tokens=64, device="cpu", dtype=Non
             wall_s=wall, tokens_per_s=tps,
             speedup_vs_ar=tps / ar_tps if ar_tps else 1.0,
             match_ar=token_agreement(out.tokens, ar_out),
-            identical_to_ar=out.tokens == ar_out))
+            identical_to_ar=out.tokens == ar_out,
+            mean_accepted_length=out.stats.get("mean_accepted_length"),
+            accept_length_histogram=out.stats.get("accept_length_histogram")))
     return results
 
 

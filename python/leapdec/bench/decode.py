@@ -122,6 +122,19 @@ def markdown_table(results, spreads) -> str:
         f"{'yes' if r.identical_to_ar else 'no'} |\n" for r in results)
 
 
+def acceptance_table(results) -> str:
+    """Speculative methods: mean accepted length (tokens gained per verify step, the bonus token
+    included) and the acceptance-length histogram."""
+    spec = [r for r in results if r.accept_length_histogram]
+    if not spec:
+        return ""
+    return ("\n| method | mean accepted length | acceptance-length histogram (tokens gained: steps) |\n"
+            "|---|---|---|\n" + "".join(
+                f"| {r.method} | {r.mean_accepted_length:.2f} | "
+                f"{', '.join(f'{k}: {v}' for k, v in sorted(r.accept_length_histogram.items()))} |\n"
+                for r in spec))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="leapdec bench decode", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,6 +147,7 @@ def main(argv=None):
     ap.add_argument("--floor", action="store_true", help="AR engine vs the weight-streaming floor")
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--gpu-check", action="store_true", help="the short run of benchmarks/gpu_check.sh")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU timings)")
     add_output_arguments(ap, default_repeats=3)
     args = ap.parse_args(argv)
     out = writable_dir(args.out)          # before any work: a bad --out fails now, not at the end
@@ -143,6 +157,8 @@ def main(argv=None):
     if args.gpu_check:
         args.floor = True
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     from leapdec.train.corpus import eval_prompts
     from leapdec.zoo import resolve
@@ -155,7 +171,7 @@ def main(argv=None):
                                            skipped)
     table = (f"{len(prompts)} held-out prompts, {args.max_new_tokens} new tokens, {args.device}, "
              f"tokens/s median [min-max] of {args.repeats} runs after a warm-up decode\n\n"
-             + markdown_table(results, spreads))
+             + markdown_table(results, spreads) + acceptance_table(results))
     report = {"device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
               "repeats": args.repeats, "results": [dataclasses.asdict(r) for r in results],
               "tokens_per_s_spread": {m: s.as_dict() for m, s in spreads.items()}, "skipped": skipped}

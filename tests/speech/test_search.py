@@ -262,3 +262,75 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="beam must be"):
         search(lp, lens, FakeDecoder(), beam=0)
     assert isinstance(make_scorer("espnet", lp, lens, BLANK, EOS), ESPnetCTCPrefixScorer)
+
+
+# ----------------------------------------------------------------------------- transcribe (a real model)
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from leapdec.speech.model import AVSRConfig, AVSRModel
+    torch.manual_seed(0)
+    cfg = AVSRConfig(d_model=64, num_heads=2, decoder_heads=1, ffn=128, audio_layers=1, video_layers=1,
+                     fusion_layers=1, decoder_layers=1, max_text_len=40)
+    return AVSRModel(cfg).eval()
+
+
+def noise_utterances(n, seed=0):
+    from leapdec.speech.data import FRAME_SIZE, Utterance
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        seconds = 0.4 + 0.3 * i
+        out.append(Utterance(audio=0.1 * torch.randn(int(16000 * seconds), generator=gen),
+                             video=torch.rand(int(25 * seconds), FRAME_SIZE, FRAME_SIZE, generator=gen), text=""))
+    return out
+
+
+@pytest.mark.parametrize("ctc_weight", [0.0, 0.3, 1.0])
+def test_model_search_batch_equals_one_by_one(tiny_model, ctc_weight):
+    """The real decoder (paged self-attention forked per beam, cross K/V once per utterance):
+    ragged utterances searched together equal each searched alone, on the same encoder output."""
+    from leapdec.speech import model as M
+    m = tiny_model
+    utts = noise_utterances(3)
+    with torch.inference_mode():
+        encoded = m.encode(*M.batch_utterances(utts, "av"))
+        lp = m.ctc_log_probs(encoded)
+        kw = dict(sos=M.SOS, eos=M.EOS, blank=M.BLANK, beam=4, ctc_weight=ctc_weight, nbest=2, max_len=40)
+        batch = beam_search(encoded.lengths, lp, m, m.init_decoder_state(encoded, rows=12), **kw)
+        for i in range(3):
+            n = int(encoded.lengths[i])
+            one_enc = M.Encoded(encoded.enc[i:i + 1, :n], encoded.lengths[i:i + 1])
+            one = beam_search(one_enc.lengths, lp[i:i + 1, :n], m, m.init_decoder_state(one_enc, rows=4), **kw)
+            assert [h.tokens for h in one[0].nbest] == [h.tokens for h in batch[i].nbest]
+            for a, b in zip(one[0].nbest, batch[i].nbest):
+                assert abs(a.score - b.score) < 1e-3
+
+
+@pytest.mark.parametrize("method", ["ctc_attention", "attention", "ctc_prefix"])
+def test_transcribe_batch_equals_one_by_one(tiny_model, method):
+    """Utterances of one length (the encoder sees no padding): batched equals one by one."""
+    from leapdec.speech.transcribe import transcribe
+    utts = noise_utterances(3)
+    for u in utts:
+        u.audio, u.video = u.audio[:6400], u.video[:10]
+    batch = transcribe(tiny_model, utts, method=method, beam=4)
+    assert len(batch.texts) == 3 and all(isinstance(t, str) for t in batch.texts)
+    assert batch.stats["steps"] >= 1 and batch.stats["wall_s"] > 0
+    for i, u in enumerate(utts):
+        one = transcribe(tiny_model, [u], method=method, beam=4)
+        assert one.tokens[0] == batch.tokens[i]
+
+
+def test_transcribe_scorers_and_methods(tiny_model):
+    from leapdec.speech.transcribe import transcribe
+    utts = noise_utterances(2, seed=1)
+    op = transcribe(tiny_model, utts, beam=3, scorer="op")
+    es = transcribe(tiny_model, utts, beam=3, scorer="espnet")
+    assert op.tokens == es.tokens
+    greedy = transcribe(tiny_model, utts, method="ctc_greedy", modality="audio")
+    assert greedy.stats["steps"] == 0 and len(greedy.texts) == 2
+    with pytest.raises(ValueError, match="method must be one of"):
+        transcribe(tiny_model, utts, method="viterbi")
+    with pytest.raises(ValueError, match="needs 0 < ctc_weight < 1"):
+        transcribe(tiny_model, utts, ctc_weight=1.0)

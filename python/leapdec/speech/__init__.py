@@ -13,6 +13,7 @@ from __future__ import annotations
 from leapdec.speech.data import (FPS, SAMPLE_RATE, VOICES, Utterance, add_noise, check_audio,
                                  espeak_available, sentence_splits, synthesize)
 from leapdec.speech.model import AVSRConfig, AVSRModel
+from leapdec.speech.transcribe import METHODS, Transcription, transcribe
 
 
 def load(name_or_path="espeak-avsr", device="cpu") -> AVSRModel:
@@ -24,4 +25,5 @@ def load(name_or_path="espeak-avsr", device="cpu") -> AVSRModel:
 
 
 __all__ = ["AVSRConfig", "AVSRModel", "FPS", "SAMPLE_RATE", "Utterance", "VOICES", "add_noise",
-           "check_audio", "espeak_available", "load", "sentence_splits", "synthesize"]
+           "check_audio", "espeak_available", "load", "sentence_splits", "synthesize",
+           "METHODS", "Transcription", "transcribe"]

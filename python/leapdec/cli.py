@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-BENCH_NAMES = ["attention", "decode", "unmask", "diffusion", "wedlm", "steps"]
+BENCH_NAMES = ["attention", "decode", "unmask", "diffusion", "wedlm", "steps", "ctc"]
 DEVICE_HELP = "cpu, cuda or cuda:N"
 # generate's own flags: setting them again with -o would be ambiguous
 FLAG_OPTIONS = {"temperature": "--temperature", "max_new_tokens": "--max-new-tokens", "method": "--method",

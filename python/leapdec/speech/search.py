@@ -122,8 +122,8 @@ def beam_search(frame_lens, ctc_log_probs=None, decoder=None, decoder_state=None
     use_ctc, use_att = ctc_weight > 0.0, ctc_weight < 1.0
     if use_ctc and ctc_log_probs is None:
         raise ValueError("ctc_weight > 0 needs ctc_log_probs")
-    if use_att and (decoder is None or decoder_state is None):
-        raise ValueError("ctc_weight < 1 needs a decoder and its initial decoder_state")
+    if use_att and decoder is None:
+        raise ValueError("ctc_weight < 1 needs a decoder (and its initial decoder_state)")
     lens = [int(n) for n in torch.as_tensor(frame_lens).reshape(-1).tolist()]
     B = len(lens)
     if any(n < 1 for n in lens):

@@ -275,3 +275,40 @@ def test_bad_inputs(device):
     if device.type == "cuda":
         with pytest.raises(RuntimeError, match="must be on the same device as log_probs"):
             OPS.ctc_prefix_score(*outs, log_probs, lens.cpu(), r_prev, plen, last, utt, cand, 0, 4)
+
+
+# ----------------------------------------------------------------------------- the CUDA kernel's thread work on the host
+
+def test_cuda_column_kernel_emulated(tmp_path):
+    """ctc::score_column, the per-thread body of the CUDA kernel, compiled for the host with g++
+    and run for every (hypothesis, candidate): equal to the reference (this machine has no GPU)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import numpy as np
+
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    root = Path(__file__).resolve().parents[2]
+    exe = tmp_path / "ctc_columns"
+    subprocess.run(["g++", "-std=c++20", "-O1", "-fsanitize=address", "-I", str(root / "csrc" / "include"),
+                    str(Path(__file__).parent / "cuda_emulation" / "ctc_columns.cpp"), "-o", str(exe)], check=True)
+    B, T, V = 3, 17, 9
+    log_probs = random_log_probs(B, T, V, 21)
+    frame_lens = torch.tensor([17, 6, 11], dtype=torch.int32)
+    hyp_utt = torch.tensor([0, 0, 1, 2, 2, 1, 0], dtype=torch.int32)
+    r_prev, _, last = hypotheses_after(log_probs, frame_lens, hyp_utt, 2, 22)
+    prefix_len = torch.tensor([2, 0, 2, 2, 5, 7, 16], dtype=torch.int32)
+    gen = torch.Generator().manual_seed(23)
+    cand = torch.randint(-1, V, (7, 11), generator=gen, dtype=torch.int32)
+    cand[:, 0], cand[:, 1], cand[:, 2] = last, 8, 0
+    for name, t in dict(log_probs=log_probs, frame_lens=frame_lens, r_prev=r_prev, prefix_len=prefix_len,
+                        last_token=last, hyp_utt=hyp_utt, cand=cand).items():
+        t.contiguous().numpy().tofile(tmp_path / name)
+    subprocess.run([str(exe), str(tmp_path), str(B), str(T), str(V), "7", "11", "0", "8"], check=True)
+    r = torch.from_numpy(np.fromfile(tmp_path / "r_out", dtype=np.float32)).view(T, 2, 7, 11)
+    psi = torch.from_numpy(np.fromfile(tmp_path / "psi", dtype=np.float32)).view(7, 11)
+    r_ref, psi_ref = ref.ctc_prefix_score(log_probs, frame_lens, r_prev, prefix_len, last, hyp_utt, cand, 0, 8)
+    assert_scores_close(psi, psi_ref)
+    assert_scores_close(r, r_ref)

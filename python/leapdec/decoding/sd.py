@@ -25,13 +25,13 @@ _HINT = ("pass drafter= (a smaller causal leapdec model with the target's vocabu
          "leapdec.load_model(path), or its checkpoint folder)")
 
 
-def load_draft_model(model, drafter):
+def load_draft_model(model, drafter, method: str = "sd", same_device: bool = True):
     """The draft model: a loaded leapdec model or a checkpoint folder / zoo name, on the target's
-    device and dtype, checked against the target's vocabulary."""
+    device and dtype (``same_device``), checked against the target's vocabulary."""
     from leapdec.models import Transformer
 
     if drafter is None:
-        raise FileNotFoundError(f"method 'sd' needs a draft model: {_HINT}")
+        raise FileNotFoundError(f"method {method!r} needs a draft model: {_HINT}")
     if isinstance(drafter, (str, Path)):
         from leapdec.api import load_model
         drafter = load_model(drafter, device=model.device, dtype=model.dtype)
@@ -42,7 +42,7 @@ def load_draft_model(model, drafter):
                          f"target's ({model.config.vocab_size}); {_HINT}")
     if not drafter.config.causal:
         raise ValueError("drafter: the draft model must be causal (an AR model)")
-    if drafter.device != model.device or drafter.dtype != model.dtype:
+    if same_device and (drafter.device != model.device or drafter.dtype != model.dtype):
         raise ValueError(f"drafter: on {drafter.device} / {drafter.dtype}, the target on "
                          f"{model.device} / {model.dtype}")
     return drafter

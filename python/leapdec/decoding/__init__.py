@@ -18,7 +18,7 @@ from leapdec.decoding.base import (GenerationOutput, available_methods, get_meth
 from leapdec.engine.rows import FINISH_LENGTH, FINISH_STOP, check_stop_strings, model_tokenizer
 from leapdec.engine.spec import check_model_kind, method_spec
 
-_METHOD_MODULES = ["autoregressive", "medusa", "falcon", "lookup", "sd", "llada", "learn2pd", "rediff", "wedlm", "recap", "deer"]
+_METHOD_MODULES = ["autoregressive", "medusa", "falcon", "lookup", "sd", "pearl", "llada", "learn2pd", "rediff", "wedlm", "recap", "deer"]
 
 for _name in _METHOD_MODULES:
     importlib.import_module(f"{__name__}.{_name}")

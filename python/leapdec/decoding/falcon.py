@@ -73,11 +73,13 @@ class BlockTree(DynamicTree):
     def __init__(self, root_tokens: torch.Tensor, frontier_width: int):
         super().__init__(root_tokens, top_k=frontier_width)
 
-    def expand_block(self, logprobs: torch.Tensor, branch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def expand_block(self, logprobs: torch.Tensor, branch: int,
+                     token_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hang a block under every frontier node from ``logprobs [B, F, k, V]`` (the drafter's
         log-softmax for the block's k tokens at each frontier node): the first token's top
         ``branch`` children, each followed by the top-1 chain of the other k - 1 tokens. The best
-        ``frontier_width`` block ends become the frontier. Returns ``source [B, F']`` (the
+        ``frontier_width`` block ends become the frontier. ``token_ids [V]``: the token id of each
+        position of ``logprobs``' last dimension (a reduced draft vocabulary). Returns ``source [B, F']`` (the
         frontier slot each new block hangs under) and ``block_tokens [B, F', k]``."""
         batch, width = self.frontier.shape
         if logprobs.dim() != 4 or logprobs.shape[:2] != (batch, width):
@@ -92,6 +94,8 @@ class BlockTree(DynamicTree):
         if bool((lp0[..., 0] > 1e-4).any() or (tail_lp > 1e-4).any()):
             raise ValueError("logprobs must be log-probabilities (<= 0), e.g. the drafter's log_softmax")
         lp0, tail_lp = lp0.clamp(max=0.0), tail_lp.clamp(max=0.0)
+        if token_ids is not None:
+            tok0, tail_tok = token_ids[tok0], token_ids[tail_tok]
         level = width * branch
         first = self.num_nodes
 
@@ -284,10 +288,11 @@ def _draft_tree(drafter, dcache, dseqs, committed, roots, ctx_out, embed, lm_hea
     bd = ctx_out.shape[0]
     tree = BlockTree(torch.tensor(roots, device=device), opts["frontier"])
 
-    def logprobs(features):                                            # [Bd, F, k, h] -> [Bd, F, k, V]
-        return torch.log_softmax(lm_head(features).float(), dim=-1)
+    def logprobs(features):                                            # [Bd, F, k, h] -> [Bd, F, k, V']
+        return torch.log_softmax(drafter.draft_logits(features, lm_head).float(), dim=-1)
 
-    source, block_tokens = tree.expand_block(logprobs(ctx_out[:, None]), opts["root_top_k"])
+    ids = drafter.vocab_ids                                            # a reduced draft vocabulary, or None
+    source, block_tokens = tree.expand_block(logprobs(ctx_out[:, None]), opts["root_top_k"], ids)
     fw = source.shape[1]
     in_feats = [ctx_out[:, None].expand(-1, fw, -1, -1)]             # per level [Bd, F, k, h]
     level_tokens = [block_tokens]                                      # per level [Bd, F, k]
@@ -309,7 +314,7 @@ def _draft_tree(drafter, dcache, dseqs, committed, roots, ctx_out, embed, lm_hea
         out = drafter.forward_paged(x, step, dcache, embed).view(bd, g, k, -1)
         counters["drafter_calls"] += 1
         newest = out[:, g - per_level[-1]:]                                               # [Bd, F, k, h]
-        source, block_tokens = tree.expand_block(logprobs(newest), opts["branch_top_k"])
+        source, block_tokens = tree.expand_block(logprobs(newest), opts["branch_top_k"], ids)
         fw = source.shape[1]
         in_feats.append(newest[rows, source])
         level_tokens.append(block_tokens)

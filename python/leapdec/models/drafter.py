@@ -15,6 +15,10 @@ custom mask (decoding builds the block-causal and block-tree masks). The embeddi
 are not part of the drafter: callers pass the base's. A trained drafter is a folder holding
 ``config.json`` (the layer config, ``block_size``, the base's shape, provenance) and
 ``model.safetensors`` (``fc.*`` and ``layers.*``).
+
+With ``vocab_ids`` (FR-Spec's frequency-ranked vocabulary, ``leapdec.models.vocab``) the drafter's
+tokens come from the base LM head's rows for those ids only (:meth:`FalconDrafter.draft_logits`);
+the file stores the id list, never the rows.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from leapdec.models.config import ModelConfig
 from leapdec.models.loading import read_safetensors
 from leapdec.models.transformer import MASK_MODES, DecoderLayer, RMSNorm, StepInput
 from leapdec.models.rope import rope_cos_sin_cache
+from leapdec.models.vocab import check_vocab_ids, draft_index, gathered_rows
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -56,7 +61,7 @@ class FalconDrafter(nn.Module):
     """
 
     def __init__(self, config: ModelConfig, block_size: int = 2, device=None, dtype=None,
-                 meta: dict | None = None, init_std: float = 0.02):
+                 meta: dict | None = None, init_std: float = 0.02, vocab_ids=None):
         super().__init__()
         if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
             raise ValueError(f"block_size must be a positive int, got {block_size!r}")
@@ -68,6 +73,10 @@ class FalconDrafter(nn.Module):
         self.fc = nn.Linear(2 * h, h, bias=True, **kw)
         self.layers = nn.ModuleList(DecoderLayer(config, device, dtype) for _ in range(config.num_hidden_layers))
         self._rope: dict = {}
+        self.vocab_size = config.vocab_size
+        # the reduced draft vocabulary's token ids (a buffer, saved with the drafter), or None
+        self.register_buffer("vocab_ids", None if vocab_ids is None else
+                             check_vocab_ids(vocab_ids, config.vocab_size, device))
         if device is None or torch.device(device).type != "meta":
             self.reset_parameters(init_std)
 
@@ -88,9 +97,10 @@ class FalconDrafter(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def for_base(cls, base, num_layers: int = 2, block_size: int = 2, intermediate_size: int | None = None,
-                 device=None, dtype=None, meta: dict | None = None) -> "FalconDrafter":
+                 device=None, dtype=None, meta: dict | None = None, vocab_ids=None) -> "FalconDrafter":
         """A fresh drafter for the ``Transformer`` ``base``: its hidden size, heads, head_dim,
-        RoPE and norm settings, ``num_layers`` layers (``intermediate_size`` defaults to the base's)."""
+        RoPE and norm settings, ``num_layers`` layers (``intermediate_size`` defaults to the base's);
+        ``vocab_ids``: a reduced draft vocabulary (token ids), None for the whole vocabulary."""
         c = base.config
         config = ModelConfig(
             vocab_size=c.vocab_size, hidden_size=c.hidden_size,
@@ -101,7 +111,7 @@ class FalconDrafter(nn.Module):
             max_position_embeddings=c.max_position_embeddings, attention_bias=c.attention_bias,
             mlp_bias=c.mlp_bias)
         return cls(config, block_size, device=device if device is not None else base.device,
-                   dtype=dtype if dtype is not None else base.dtype, meta=meta)
+                   dtype=dtype if dtype is not None else base.dtype, meta=meta, vocab_ids=vocab_ids)
 
     @property
     def device(self) -> torch.device:
@@ -110,6 +120,27 @@ class FalconDrafter(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.fc.weight.dtype
+
+    @property
+    def draft_vocab_size(self) -> int:
+        return self.vocab_size if self.vocab_ids is None else self.vocab_ids.numel()
+
+    def draft_logits(self, features: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """The base LM head ``lm_head`` applied to predicted ``features [..., h]``: logits
+        ``[..., draft_vocab_size]`` (over ``vocab_ids`` when the drafter has a reduced vocabulary;
+        position i is token ``vocab_ids[i]``: :meth:`token_ids` maps them back)."""
+        if self.vocab_ids is None:
+            return lm_head(features)
+        weight = gathered_rows(self, lm_head.weight)
+        return torch.nn.functional.linear(features.to(weight.dtype), weight)
+
+    def token_ids(self, draft_positions: torch.Tensor) -> torch.Tensor:
+        """Token ids of positions in :meth:`draft_logits`' last dimension."""
+        return draft_positions if self.vocab_ids is None else self.vocab_ids[draft_positions]
+
+    def draft_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Position of each token id in :meth:`draft_logits` (-1 outside the draft vocabulary)."""
+        return draft_index(self, tokens)
 
     def check_base(self, model) -> None:
         """Raise when ``model`` is not a base this drafter can read (hidden size, vocabulary)."""
@@ -184,6 +215,8 @@ class FalconDrafter(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         cfg = {"kind": KIND, "block_size": self.block_size, "layers": self.config.to_hf_dict(),
                "meta": self.meta}
+        if self.vocab_ids is not None:
+            cfg["draft_vocab_size"] = self.draft_vocab_size
         (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -201,12 +234,18 @@ class FalconDrafter(nn.Module):
         if cfg.get("kind") != KIND:
             raise ValueError(f"directory: {cfg_path} is not a Falcon drafter config (kind {cfg.get('kind')!r})")
         state = read_safetensors(weights)
-        dtype = dtype if dtype is not None else next(iter(state.values())).dtype
-        drafter = cls(ModelConfig.from_hf_dict(cfg["layers"]), int(cfg["block_size"]), device="meta",
-                      dtype=dtype, meta=cfg.get("meta"))
+        dtype = dtype if dtype is not None else next(v.dtype for v in state.values() if v.dtype.is_floating_point)
+        layers = ModelConfig.from_hf_dict(cfg["layers"])
+        draft = cfg.get("draft_vocab_size")
+        if draft is not None and (not isinstance(draft, int) or not 1 <= draft <= layers.vocab_size):
+            raise ValueError(f"directory: {cfg_path} has draft_vocab_size {draft!r}, not an int in [1, vocab_size]")
+        drafter = cls(layers, int(cfg["block_size"]), device="meta", dtype=dtype, meta=cfg.get("meta"),
+                      vocab_ids=draft)
         drafter = drafter.to_empty(device=device)
         missing, unexpected = drafter.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"directory: {weights} does not fit its config (missing {missing[:4]}, "
                              f"unexpected {unexpected[:4]})")
+        if drafter.vocab_ids is not None:
+            drafter.vocab_ids = check_vocab_ids(drafter.vocab_ids, layers.vocab_size, device, what=str(weights))
         return drafter.eval()

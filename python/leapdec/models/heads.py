@@ -13,6 +13,13 @@ heads together instead of one vocabulary projection each, and their file holds o
 ResBlocks (Medusa copies the LM head into every head at initialisation; sharing it keeps it
 frozen). Such heads are bound to their base with ``attach(model)`` before use.
 
+With ``vocab_ids`` (FR-Spec's frequency-ranked vocabulary) the heads project onto those tokens
+only: the rows of the LM head (the base's, when shared; a copy of them otherwise) for the ids in
+the list, which the heads' file stores as an int tensor (the rows themselves are not stored).
+``forward`` then returns logits over the subset (position i is token ``vocab_ids[i]``), ``topk``
+returns full-vocabulary token ids, and a token outside the subset is never drafted; verification
+by the base model stays exact.
+
 A trained set of heads is a folder: ``medusa_heads.safetensors`` plus a ``config.json`` holding
 the shape and, optionally, measured head accuracies and a default draft tree.
 """
@@ -28,10 +35,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from leapdec.models.loading import read_safetensors
+from leapdec.models.vocab import check_vocab_ids as _check_vocab_ids, draft_index, gathered_rows
 
 WEIGHTS_FILE = "medusa_heads.safetensors"
 CONFIG_FILE = "config.json"
 _SHAPE_KEYS = ("num_heads", "num_layers", "hidden_size", "vocab_size")
+_OPTIONAL_SHAPE_KEYS = ("shared_lm_head", "draft_vocab_size")
 
 
 class ResBlock(nn.Module):
@@ -49,12 +58,15 @@ class ResBlock(nn.Module):
 class MedusaHeads(nn.Module):
     """``num_heads`` Medusa heads over hidden states of size ``hidden_size``.
 
-    ``forward(hidden [..., h]) -> logits [..., num_heads, vocab]``. ``meta`` carries what the
+    ``forward(hidden [..., h]) -> logits [..., num_heads, draft_vocab_size]`` (the whole
+    vocabulary unless ``vocab_ids`` names a subset: a list of token ids, or for loading, its
+    length). ``meta`` carries what the
     companion config records besides the shape (head accuracies, the default tree, provenance).
     """
 
     def __init__(self, num_heads: int, hidden_size: int, vocab_size: int, num_layers: int = 1,
-                 device=None, dtype=None, meta: dict | None = None, shared_lm_head: bool = False):
+                 device=None, dtype=None, meta: dict | None = None, shared_lm_head: bool = False,
+                 vocab_ids=None):
         super().__init__()
         for name, value in (("num_heads", num_heads), ("hidden_size", hidden_size),
                             ("vocab_size", vocab_size)):
@@ -67,10 +79,14 @@ class MedusaHeads(nn.Module):
         self.shared_lm_head = bool(shared_lm_head)
         if self.shared_lm_head and num_layers < 1:
             raise ValueError("shared_lm_head heads need num_layers >= 1 (else every head is the LM head)")
+        # the reduced vocabulary's token ids (a buffer, saved with the heads), or None
+        self.register_buffer("vocab_ids", None if vocab_ids is None else _check_vocab_ids(vocab_ids, vocab_size, device))
+        self.draft_vocab_size = vocab_size if self.vocab_ids is None else self.vocab_ids.numel()
+
         def output():                       # each head its own projection unless the LM head is shared
             if self.shared_lm_head:
                 return []
-            return [nn.Linear(hidden_size, vocab_size, bias=False, device=device, dtype=dtype)]
+            return [nn.Linear(hidden_size, self.draft_vocab_size, bias=False, device=device, dtype=dtype)]
 
         self.heads = nn.ModuleList(
             nn.Sequential(*[ResBlock(hidden_size, device, dtype) for _ in range(num_layers)], *output())
@@ -79,12 +95,21 @@ class MedusaHeads(nn.Module):
         self._stacked, self._stacked_key = None, None
         self._lm_head: tuple = ()            # (weight,) of the base's LM head when shared (not a parameter)
 
+    @property
+    def reduced_vocab(self) -> bool:
+        return self.vocab_ids is not None
+
     def attach(self, model) -> "MedusaHeads":
         """Bind shared-LM-head heads to ``model``'s LM head (no-op for heads with their own)."""
         if self.shared_lm_head:
             self.check_base(model)
-            self._lm_head = (model.lm_head.weight,)
+            self._lm_head = (gathered_rows(self, model.lm_head.weight),)   # the subset's rows, kept
         return self
+
+    def draft_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Position of each full-vocabulary token id in the heads' output (``-1`` for a token outside
+        ``vocab_ids``, and for negative ids; the identity without a subset)."""
+        return draft_index(self, tokens)
 
     def _shared_weight(self) -> torch.Tensor:
         if not self._lm_head:
@@ -100,27 +125,34 @@ class MedusaHeads(nn.Module):
 
     @classmethod
     def from_base(cls, model, num_heads: int = 4, num_layers: int = 1,
-                  shared_lm_head: bool = False) -> "MedusaHeads":
+                  shared_lm_head: bool = False, vocab_ids=None) -> "MedusaHeads":
         """Fresh heads for ``model`` (a ``Transformer``): each output layer a copy of its LM head,
-        or (``shared_lm_head``) the LM head itself, frozen."""
+        or (``shared_lm_head``) the LM head itself, frozen; with ``vocab_ids`` only those rows."""
         cfg = model.config
         heads = cls(num_heads, cfg.hidden_size, cfg.vocab_size, num_layers,
-                    device=model.device, dtype=model.dtype, shared_lm_head=shared_lm_head)
+                    device=model.device, dtype=model.dtype, shared_lm_head=shared_lm_head, vocab_ids=vocab_ids)
         if shared_lm_head:
             return heads.attach(model)
+        rows = model.lm_head.weight
+        if heads.vocab_ids is not None:
+            rows = rows.index_select(0, heads.vocab_ids.to(rows.device))
         with torch.no_grad():
             for head in heads.heads:
-                head[-1].weight.copy_(model.lm_head.weight)
+                head[-1].weight.copy_(rows)
         return heads
 
     @property
     def config(self) -> dict:
-        return {"num_heads": self.num_heads, "num_layers": self.num_layers,
-                "hidden_size": self.hidden_size, "vocab_size": self.vocab_size,
-                "shared_lm_head": self.shared_lm_head, **self.meta}
+        shape = {"num_heads": self.num_heads, "num_layers": self.num_layers,
+                 "hidden_size": self.hidden_size, "vocab_size": self.vocab_size,
+                 "shared_lm_head": self.shared_lm_head}
+        if self.vocab_ids is not None:
+            shape["draft_vocab_size"] = self.draft_vocab_size
+        return {**shape, **self.meta}
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``hidden [..., h]`` -> logits ``[..., num_heads, vocab]``."""
+        """``hidden [..., h]`` -> logits ``[..., num_heads, draft_vocab_size]`` (over ``vocab_ids``
+        when the heads have a reduced vocabulary: map targets with :meth:`draft_index`)."""
         if hidden.shape[-1] != self.hidden_size:
             raise ValueError(f"hidden must end in hidden_size={self.hidden_size}, got shape "
                              f"{tuple(hidden.shape)}")
@@ -155,8 +187,8 @@ class MedusaHeads(nn.Module):
     @torch.no_grad()
     def topk(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
         """Token ids ``[N, num_heads, k]`` (best first) of each head at ``hidden [N, h]``."""
-        if not 1 <= k <= self.vocab_size:
-            raise ValueError(f"k must be in [1, {self.vocab_size}], got {k}")
+        if not 1 <= k <= self.draft_vocab_size:
+            raise ValueError(f"k must be in [1, {self.draft_vocab_size}], got {k}")
         if hidden.dim() != 2 or hidden.shape[-1] != self.hidden_size:
             raise ValueError(f"hidden must be [N, {self.hidden_size}], got shape {tuple(hidden.shape)}")
         x = hidden.unsqueeze(0).expand(self.num_heads, -1, -1)                  # [H, N, h]
@@ -166,7 +198,10 @@ class MedusaHeads(nn.Module):
             logits = F.linear(x, self._shared_weight())                          # [H, N, V]
         else:
             logits = torch.bmm(x, self._stacked_output())                        # [H, N, V]
-        return logits.topk(k, dim=-1).indices.transpose(0, 1)
+        top = logits.topk(k, dim=-1).indices.transpose(0, 1)
+        if self.vocab_ids is not None:                                           # subset -> token ids
+            top = self.vocab_ids[top]
+        return top
 
     def check_base(self, model) -> None:
         """Raise if these heads do not fit ``model`` (hidden size, vocabulary, device, dtype)."""
@@ -174,6 +209,9 @@ class MedusaHeads(nn.Module):
         if (cfg.hidden_size, cfg.vocab_size) != (self.hidden_size, self.vocab_size):
             raise ValueError(f"heads: Medusa heads for hidden {self.hidden_size} / vocab {self.vocab_size} "
                              f"do not fit a model with hidden {cfg.hidden_size} / vocab {cfg.vocab_size}")
+        if self.vocab_ids is not None and self.vocab_ids.device != model.device:
+            raise ValueError(f"heads: vocab_ids on {self.vocab_ids.device}, the model on {model.device}: "
+                             f"move the heads with heads.to(device)")
         weight = next(self.parameters())
         if weight.device != model.device or weight.dtype != model.dtype:
             raise ValueError(f"heads: Medusa heads on {weight.device} / {weight.dtype}, the model on "
@@ -202,12 +240,20 @@ class MedusaHeads(nn.Module):
             raise ValueError(f"heads: {cfg_path} lacks {missing}")
         state = read_safetensors(weights, device=str(device))
         if dtype is None:
-            dtype = next(iter(state.values())).dtype
-        meta = {k: v for k, v in cfg.items() if k not in _SHAPE_KEYS + ("shared_lm_head",)}
+            dtype = next(v.dtype for v in state.values() if v.dtype.is_floating_point)
+        meta = {k: v for k, v in cfg.items() if k not in _SHAPE_KEYS + _OPTIONAL_SHAPE_KEYS}
+        draft = cfg.get("draft_vocab_size")
+        if draft is not None and (not isinstance(draft, int) or not 1 <= draft <= cfg["vocab_size"]):
+            raise ValueError(f"heads: {cfg_path} has draft_vocab_size {draft!r}, not an int in [1, vocab_size]")
         heads = cls(cfg["num_heads"], cfg["hidden_size"], cfg["vocab_size"], cfg["num_layers"],
-                    device="meta", meta=meta, shared_lm_head=bool(cfg.get("shared_lm_head", False)))
+                    device="meta", meta=meta, shared_lm_head=bool(cfg.get("shared_lm_head", False)),
+                    vocab_ids=draft)
         try:
             heads.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as e:
             raise ValueError(f"heads: {weights} does not match {cfg_path}: {e}") from None
-        return heads.to(device=device, dtype=dtype).eval()
+        heads = heads.to(device=device, dtype=dtype).eval()
+        if heads.vocab_ids is not None:
+            heads.vocab_ids = _check_vocab_ids(heads.vocab_ids, heads.vocab_size, device, what=str(weights))
+        return heads
+

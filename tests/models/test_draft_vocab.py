@@ -1,0 +1,70 @@
+"""Reduced draft vocabularies (FR-Spec) for Medusa heads and the Falcon drafter: the projection is
+the LM head's rows for the ids, only the ids are stored, drafts are always inside the subset, and
+decoding stays identical to greedy AR."""
+
+import pytest
+import torch
+
+from leapdec.decoding import generate
+from leapdec.models.drafter import FalconDrafter
+from leapdec.models.heads import MedusaHeads
+from leapdec.models.testing import tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PROMPTS = [[5, 6, 7, 8, 9], [3, 4], list(range(10, 31))]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=0).eval()
+
+
+def _ids(model, n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(model.config.vocab_size, generator=g)[:n]
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_heads_project_onto_the_subset_rows(model, shared, tmp_path):
+    ids = _ids(model)
+    full = MedusaHeads.from_base(model, 3, 1, shared)
+    sub = MedusaHeads.from_base(model, 3, 1, shared, vocab_ids=ids)
+    with torch.no_grad():                     # same ResBlocks (biases are randomly initialised)
+        for a, b in zip(sub.heads, full.heads):
+            a[0].linear.bias.copy_(b[0].linear.bias)
+    x = torch.randn(7, model.config.hidden_size)
+    torch.testing.assert_close(sub(x), full(x)[..., ids])
+    top = sub.topk(x, 4)
+    assert set(top.flatten().tolist()) <= set(ids.tolist())
+    assert sub.draft_index(torch.tensor([int(ids[5]), -100])).tolist() == [5, -1]
+    sub.save(tmp_path)
+    loaded = MedusaHeads.load(tmp_path).attach(model)
+    assert torch.equal(loaded.vocab_ids, ids) and loaded.config["draft_vocab_size"] == 40
+    torch.testing.assert_close(loaded(x), sub(x))
+    if shared:   # only the ids are stored, never the LM head rows
+        assert sum(v.numel() for k, v in loaded.state_dict().items() if k != "vocab_ids") == \
+            3 * (model.config.hidden_size ** 2 + model.config.hidden_size)
+
+
+def test_decoding_with_reduced_vocab_companions_equals_ar(model, tmp_path):
+    ids = _ids(model, 64)
+    ar = generate(model, PROMPTS, method="ar", max_new_tokens=20)
+    heads = MedusaHeads.from_base(model, 3, 1, True, vocab_ids=ids)
+    assert generate(model, PROMPTS, method="medusa", heads=heads, tree=8, max_new_tokens=20).tokens == ar.tokens
+    drafter = FalconDrafter.for_base(model, 1, 2, vocab_ids=ids)
+    drafter.save(tmp_path)
+    loaded = FalconDrafter.load(tmp_path)
+    assert torch.equal(loaded.vocab_ids, ids) and loaded.draft_vocab_size == 64
+    out = generate(model, PROMPTS, method="falcon", drafter=loaded, depth=2, num_draft=6, max_new_tokens=20)
+    assert out.tokens == ar.tokens
+    feats = torch.randn(3, model.config.hidden_size)
+    torch.testing.assert_close(loaded.draft_logits(feats, model.lm_head), model.lm_head(feats)[:, ids])
+
+
+def test_bad_vocab_ids_name_the_argument(model):
+    for bad, match in (([], "non-empty"), ([1, 1], "repeat"), ([model.config.vocab_size], "lie in"),
+                       ([[1, 2]], "1-D"), ([0.5], "token ids")):
+        with pytest.raises(ValueError, match=match):
+            MedusaHeads.from_base(model, 2, 1, True, vocab_ids=bad)
+    with pytest.raises(ValueError, match="vocab_ids"):
+        FalconDrafter.for_base(model, 1, 2, vocab_ids=[-1])

@@ -190,6 +190,7 @@ def _write_cache(path: Path, pairs, meta: dict) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump({**meta, "pairs": pairs}, f, separators=(",", ":"))
+        os.chmod(tmp, 0o644)   # a shared cache: readable by every user of the machine
         os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
     except OSError:
         pass
@@ -256,6 +257,142 @@ def answers(base: str, n: int, split: str = "train", max_new_tokens: int = 128, 
         bar.close()
         torch.set_num_threads(old_threads)
     return pairs
+
+
+# ----------------------------------------------------------------------------- the base
+
+def load_base(base, device) -> tuple:
+    """``(model, tokenizer, companion folder, weights SHA-256)`` of a frozen base: a zoo name or
+    checkpoint folder, or a GGUF zoo model (its companions live in ``zoo.companion_home``)."""
+    import leapdec
+    from leapdec import zoo
+    from leapdec.train import cards
+
+    if isinstance(base, str) and base in zoo.GGUF_MODELS:
+        model = leapdec.load_model(base, device=device, dtype=torch.float32)
+        tok = leapdec.load_tokenizer(base)
+        base_dir = zoo.companion_home(base)
+        sha = checkpoint_hash(base)
+    else:
+        base_dir = zoo.resolve(base)
+        model = leapdec.load_model(base_dir, device=device, dtype=torch.float32)
+        tok = leapdec.load_tokenizer(base_dir)
+        weights = base_dir / "model.safetensors"
+        sha = cards.file_sha256(weights) if weights.is_file() else None
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if not model.config.causal:
+        raise ValueError(f"base: {base_dir} is not a causal LM; these companions need an AR backbone")
+    if tok.get_vocab_size() != model.config.vocab_size:
+        raise ValueError(f"base: tokenizer vocabulary {tok.get_vocab_size()} != model's {model.config.vocab_size}")
+    return model, tok, base_dir, sha
+
+
+
+# ----------------------------------------------------------------------------- hidden states
+
+HIDDEN_VERSION = 1
+
+
+@torch.no_grad()
+def hidden_states(base: str, pairs, model=None, batch: int = 8, cache: bool = True,
+                  progress: bool = True) -> dict:
+    """The frozen base's final-norm hidden states over every ``prompt + answer`` of ``pairs``
+    (computed once, then cached beside the answers), for recipes that train on them:
+
+    ``tokens [N]`` (the sequences concatenated), ``offsets [P + 1]`` (sequence i is
+    ``offsets[i]:offsets[i + 1]``), ``prompt_lens [P]``, ``hidden [N, h]`` float16 and
+    ``greedy [N]`` (the base's argmax token after each position)."""
+    if not pairs:
+        raise ValueError("pairs: empty")
+    seqs = [list(p) + list(a) for p, a in pairs]
+    key = hashlib.sha256(json.dumps([HIDDEN_VERSION, str(base), checkpoint_hash(base), seqs]).encode()).hexdigest()[:24]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(str(base)).name)
+    path = corpus.cache_dir() / "distill" / f"hidden-{safe}-{len(seqs)}-{key}.pt"
+    if cache:
+        try:
+            found = torch.load(path, weights_only=True)
+            if isinstance(found, dict) and found["hidden"].shape[0] == sum(map(len, seqs)):
+                return found
+        except Exception:  # missing or unreadable: recompute
+            pass
+    import leapdec
+
+    if model is None:
+        model = leapdec.load_model(base, dtype=torch.float32)
+    lengths = [len(x) for x in seqs]
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n)
+    hidden = torch.empty(offsets[-1], model.config.hidden_size, dtype=torch.float16)
+    greedy = torch.empty(offsets[-1], dtype=torch.long)
+    order = sorted(range(len(seqs)), key=lambda i: lengths[i])        # similar lengths per batch
+    bar = tqdm(total=len(seqs), disable=not progress, desc=f"hidden states {safe}", unit="seq")
+    for s in range(0, len(order), batch):
+        rows = order[s:s + batch]
+        width = max(lengths[i] for i in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, :lengths[i]] = torch.tensor(seqs[i])                # right padding: causal, never seen
+        h = model.hidden(ids.to(model.device))
+        top = model.lm_head(h).argmax(-1).cpu()
+        h = h.float().cpu()
+        for r, i in enumerate(rows):
+            hidden[offsets[i]:offsets[i + 1]] = h[r, :lengths[i]].to(torch.float16)
+            greedy[offsets[i]:offsets[i + 1]] = top[r, :lengths[i]]
+        bar.update(len(rows))
+    bar.close()
+    out = {"tokens": torch.tensor([t for x in seqs for t in x], dtype=torch.long),
+           "offsets": torch.tensor(offsets, dtype=torch.long),
+           "prompt_lens": torch.tensor([len(p) for p, _ in pairs], dtype=torch.long),
+           "hidden": hidden, "greedy": greedy}
+    if cache:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                torch.save(out, f)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError:   # unwritable cache: work without it
+            pass
+    return out
+
+
+# ----------------------------------------------------------------------------- draft vocabulary
+
+def frequent_tokens(base: str, size: int, pairs, tokenizer=None, corpus_bytes: int = 2_000_000,
+                    always=()) -> list[int]:
+    """FR-Spec's frequency-ranked draft vocabulary: the ``size`` token ids most frequent in the
+    answers of ``pairs`` (what a drafter drafts) plus ``corpus_bytes`` of the corpus train split
+    encoded with the base's tokenizer, most frequent first (ties by id); ``always`` (e.g. the stop
+    tokens) are included whatever their count."""
+    import leapdec
+
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    tokenizer = tokenizer if tokenizer is not None else leapdec.load_tokenizer(base)
+    vocab = tokenizer.get_vocab_size()
+    counts = torch.zeros(vocab, dtype=torch.long)
+    for _, answer in pairs:
+        counts += torch.bincount(torch.tensor(answer, dtype=torch.long), minlength=vocab)[:vocab]
+    if corpus_bytes:
+        texts = corpus.read_corpus("train", max_bytes=corpus_bytes)
+        for enc in tokenizer.encode_batch(texts, add_special_tokens=False):
+            if enc.ids:
+                counts += torch.bincount(torch.tensor(enc.ids, dtype=torch.long), minlength=vocab)[:vocab]
+    forced = [int(t) for t in always if 0 <= int(t) < vocab]
+    counts[forced] = counts.max() + 1
+    order = sorted(range(vocab), key=lambda t: (-int(counts[t]), t))
+    return order[:min(size, vocab)]
+
+
+def coverage(vocab_ids, pairs) -> float:
+    """Share of the answer tokens of ``pairs`` that lie in ``vocab_ids``."""
+    keep = set(int(t) for t in vocab_ids)
+    total = sum(len(a) for _, a in pairs)
+    return sum(t in keep for _, a in pairs for t in a) / max(total, 1)
 
 
 def main(argv: list[str] | None = None) -> int:

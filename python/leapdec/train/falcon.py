@@ -26,11 +26,21 @@ Writes ``model.safetensors`` + ``config.json`` (layers, block size, base hash, h
 and a card into ``<base>/falcon`` (or ``--out``), where ``generate(method="falcon")`` finds it.
 
     python -m leapdec.train falcon --base stdlib-ar --preset default
+
+A GGUF zoo model (``smollm2-135m-instruct``) gets the ``smollm2`` preset by default: windows of
+the shared self-distillation set (``leapdec.train.distill``: the model's greedy answers to chat
+requests built from corpus functions, its features computed once), a frequency-ranked draft
+vocabulary (FR-Spec: the drafter's tokens come from the LM head rows of ``draft_vocab`` ids) and
+bfloat16 storage (two SmolLM2-sized layers hold 7.7M parameters: 15.5 MB in bfloat16, within the
+zoo's 16 MB per file):
+
+    python -m leapdec.train falcon --base smollm2-135m-instruct --seconds 1200 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import math
 import shlex
@@ -43,10 +53,9 @@ import torch.nn.functional as F
 from leapdec import zoo
 from leapdec.decoding import generate
 from leapdec.decoding.falcon import DEFAULT_TREE
-from leapdec.models import load_checkpoint
 from leapdec.models.drafter import CONFIG_FILE, WEIGHTS_FILE, FalconDrafter
 from leapdec.paths import writable_dir
-from leapdec.train import cards, corpus
+from leapdec.train import cards, corpus, distill
 from leapdec.train.budget import Budget, add_budget_arguments, budget_command_args, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
 
@@ -77,6 +86,11 @@ class Preset:
     prompt_len: int = 32                 # ... of this many tokens ...
     gen_len: int = 97                    # ... plus this many generated (>= seq_len + 1 in all)
     distill_share: float = 0.0           # share of each batch drawn from those sequences
+    data: str = "corpus"                 # "distill": windows of leapdec.train.distill's chat set only
+    num_prompts: int = 0                 # ... train pairs of that set
+    heldout_prompts: int = 0             # ... held-out pairs (held-out windows come from them)
+    draft_vocab: int | None = None       # frequency-ranked draft vocabulary size (FR-Spec), None: all
+    save_dtype: str = "float32"          # storage dtype of the drafter's file
 
 
 PRESETS = {
@@ -88,7 +102,17 @@ PRESETS = {
     "default": Preset(num_layers=2, block_size=2, seq_len=128, batch_size=8, lr=3e-3, steps=3000,
                       warmup=30, token_weight=0.5, heldout_windows=32, eval_every=25, distill_prompts=96,
                       prompt_len=32, gen_len=97, distill_share=0.5),
+    # SmolLM2-135M-Instruct: its own chat answers, an 8k-token draft vocabulary, bfloat16 file
+    "smollm2": Preset(num_layers=2, block_size=2, seq_len=96, batch_size=8, lr=2e-3, steps=3000,
+                      warmup=30, token_weight=0.5, heldout_windows=24, eval_every=50, eval_prompts=4,
+                      eval_new_tokens=64, gen_len=128, data="distill", num_prompts=1000,
+                      heldout_prompts=82, draft_vocab=8192, save_dtype="bfloat16"),
 }
+
+
+def default_preset(base) -> str:
+    """``smollm2`` for a GGUF zoo model (a pretrained chat model), else ``default``."""
+    return "smollm2" if isinstance(base, str) and base in zoo.GGUF_MODELS else "default"
 
 
 # ----------------------------------------------------------------------------- targets
@@ -115,6 +139,37 @@ def make_targets(base, windows: torch.Tensor, block_size: int) -> dict:
     mask[:, :t - k] = True
     return {"features": feats, "input_ids": windows[:, 1:], "target_features": target,
             "labels": labels, "glance_ids": glance_ids, "loss_mask": mask}
+
+
+def stream_targets(data: dict, starts: torch.Tensor, seq_len: int, block_size: int, device) -> dict:
+    """:func:`make_targets`' dict from precomputed features (``distill.hidden_states``: the
+    sequences concatenated) for the windows starting at ``starts``: no backbone call. Labels are
+    the base's greedy token after ``j + k`` (``greedy[s + j + k]``)."""
+    k, t = block_size, seq_len
+    if t <= k:
+        raise ValueError(f"seq_len: {t} positions is too short for block_size {k}")
+    pos = starts[:, None] + torch.arange(t)                                       # [B, T]
+    feats = data["hidden"][pos].float()
+    b = starts.numel()
+    target = torch.zeros_like(feats)
+    target[:, :t - k] = feats[:, k:]
+    labels = torch.full((b, t), IGNORE, dtype=torch.long)
+    labels[:, :t - k] = data["greedy"][pos[:, k:]]
+    glance_ids = torch.zeros(b, t, dtype=torch.long)
+    glance_ids[:, :t - k] = data["tokens"][pos[:, k:] + 1]
+    mask = torch.zeros(b, t, dtype=torch.bool)
+    mask[:, :t - k] = True
+    out = {"features": feats, "input_ids": data["tokens"][pos + 1], "target_features": target,
+           "labels": labels, "glance_ids": glance_ids, "loss_mask": mask}
+    return {name: v.to(device) for name, v in out.items()}
+
+
+def _draft_labels(drafter, labels: torch.Tensor) -> torch.Tensor:
+    """Labels as positions of the drafter's logits (``-100`` outside a reduced draft vocabulary)."""
+    if drafter.vocab_ids is None:
+        return labels
+    mapped = drafter.draft_index(labels)
+    return torch.where(mapped >= 0, mapped, torch.full_like(mapped, IGNORE))
 
 
 @torch.no_grad()
@@ -185,9 +240,10 @@ def drafter_losses(drafter, base, features, input_ids, target_features, labels, 
     pred = drafter(features, input_ids, base.embed_tokens, block_offset)
     sel = mask.nonzero(as_tuple=True)
     feat = F.smooth_l1_loss(pred[sel], target_features[sel])
-    logits = base.lm_head(pred[sel].to(base.dtype)).float()
-    ce = F.cross_entropy(logits, labels[sel])
-    acc = (logits.argmax(-1) == labels[sel]).float().mean()
+    logits = drafter.draft_logits(pred[sel].to(base.dtype), base.lm_head).float()
+    lab = _draft_labels(drafter, labels[sel])
+    ce = F.cross_entropy(logits, lab, ignore_index=IGNORE)
+    acc = (logits.argmax(-1) == lab).float().mean()
     return feat, ce, acc
 
 
@@ -202,9 +258,10 @@ def heldout_metrics(drafter, base, targets: dict, p: Preset) -> dict:
     mask = targets["loss_mask"]
     sel = mask.nonzero(as_tuple=True)
     feat = F.smooth_l1_loss(pred[sel], targets["target_features"][sel]).item()
-    logits = base.lm_head(pred.to(base.dtype)).float()
-    ce = F.cross_entropy(logits[sel], targets["labels"][sel]).item()
-    hit = (logits.argmax(-1) == targets["labels"]) & mask
+    logits = drafter.draft_logits(pred.to(base.dtype), base.lm_head).float()
+    labels = _draft_labels(drafter, targets["labels"])
+    ce = F.cross_entropy(logits[sel], labels[sel], ignore_index=IGNORE).item()
+    hit = (logits.argmax(-1) == labels) & mask           # a label outside the draft vocabulary: a miss
     pos = torch.arange(mask.shape[1], device=mask.device) % k
     block_acc = [round((hit[:, pos == i].sum() / mask[:, pos == i].sum()).item(), 4) for i in range(k)]
     drafter.train(was)
@@ -249,7 +306,7 @@ def command_line(base, preset, out_dir, steps, seconds, device, seed, threads) -
     return shlex.join(args + budget_command_args(steps, seconds, device, seed, threads))
 
 
-def train_falcon(base="stdlib-ar", preset: str = "default", out_dir=None, steps: int | None = None,
+def train_falcon(base="stdlib-ar", preset: str | None = None, out_dir=None, steps: int | None = None,
                  seconds: float | None = None, device="cpu", seed: int = 0,
                  threads: int | None = None, progress: bool = True) -> dict:
     """Train a Falcon drafter for the checkpoint ``base`` (zoo name or folder) with CSGD and
@@ -257,8 +314,11 @@ def train_falcon(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
 
     Stops after ``steps`` optimizer steps or ``seconds`` of training, whichever comes first
     (the preset's steps when neither is given); the schedules follow that budget.
+    ``preset`` None: :func:`default_preset`.
     """
     wall_start = time.perf_counter()
+    if preset is None:
+        preset = default_preset(base)
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     if steps is not None and (not isinstance(steps, int) or steps <= 0):
@@ -269,36 +329,53 @@ def train_falcon(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
         if threads <= 0:
             raise ValueError(f"threads must be positive, got {threads}")
         torch.set_num_threads(threads)
-    base_dir = zoo.resolve(base)
     device = torch.device(device)
+    p = PRESETS[preset]
+    model, tok, base_dir, base_sha = distill.load_base(base, device)
     command = command_line(base, preset, out_dir, steps, seconds, device, seed, threads)
     out_dir = Path(out_dir) if out_dir is not None else base_dir / "falcon"
     writable_dir(out_dir, create=False)   # an unwritable --out fails now, not after training
-    p = PRESETS[preset]
     if steps is None and seconds is None:
         steps = p.steps
     k = p.block_size
     torch.manual_seed(seed)
-
     # --- frozen base, data
-    model = load_checkpoint(base_dir, device=device, dtype=torch.float32).eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    if not model.config.causal:
-        raise ValueError(f"base: {base_dir} is not a causal LM; a Falcon drafter needs an AR target")
-    tok = tokenizers_.load_tokenizer(base_dir)
-    if tok.get_vocab_size() != model.config.vocab_size:
-        raise ValueError(f"base: tokenizer vocabulary {tok.get_vocab_size()} != model's {model.config.vocab_size}")
-    train_stream = corpus.encode_corpus(tok, "train", max_bytes=p.corpus_max_bytes)
-    heldout_stream = corpus.encode_corpus(tok, "heldout")
     span = p.seq_len + 1
-    n_held = min(p.heldout_windows, (heldout_stream.numel() - 1) // span)
-    if n_held <= 0:
-        raise ValueError(f"preset: the held-out stream ({heldout_stream.numel()} tokens) is shorter than one window")
-    held = torch.stack([heldout_stream[i * span:(i + 1) * span] for i in range(n_held)]).to(device)
-    held_targets = make_targets(model, held, k)
-    n_distill = round(p.distill_share * p.batch_size) if p.distill_prompts else 0
-    distilled, distill_s = None, 0.0
+    n_distill, distilled, distill_s, vocab_ids, data_info = 0, None, 0.0, None, {}
+    if p.data == "distill":
+        start = time.perf_counter()
+        train_pairs = distill.answers(str(base), p.num_prompts, "train", p.gen_len, seed, model=model,
+                                      tokenizer=tok, progress=progress)
+        held_pairs = distill.answers(str(base), p.heldout_prompts, "heldout", p.gen_len, seed, model=model,
+                                     tokenizer=tok, progress=progress)
+        train_data = distill.hidden_states(str(base), train_pairs, model, progress=progress)
+        held_data = distill.hidden_states(str(base), held_pairs, model, progress=progress)
+        distill_s = time.perf_counter() - start
+        n_starts = train_data["tokens"].numel() - span
+        n_held = min(p.heldout_windows, (held_data["tokens"].numel() - 1) // span)
+        if n_starts <= 0 or n_held <= 0:
+            raise ValueError(f"preset: the distilled sequences are shorter than one window of {span} tokens")
+        held_targets = stream_targets(held_data, torch.arange(n_held) * span, p.seq_len, k, device)
+        if p.draft_vocab:
+            vocab_ids = distill.frequent_tokens(str(base), p.draft_vocab, train_pairs, tok,
+                                                always=model.config.stop_token_ids)
+            data_info["draft_vocab_coverage_heldout_answers"] = round(distill.coverage(vocab_ids, held_pairs), 4)
+        eval_prompt_ids = [q for q, _ in held_pairs[:p.eval_prompts]]
+        data_info.update(train_pairs=len(train_pairs), heldout_pairs=len(held_pairs),
+                         train_tokens=int(train_data["tokens"].numel()))
+        train_stream = None
+    else:
+        train_stream = corpus.encode_corpus(tok, "train", max_bytes=p.corpus_max_bytes)
+        heldout_stream = corpus.encode_corpus(tok, "heldout")
+        n_held = min(p.heldout_windows, (heldout_stream.numel() - 1) // span)
+        if n_held <= 0:
+            raise ValueError(f"preset: the held-out stream ({heldout_stream.numel()} tokens) is shorter than one window")
+        held = torch.stack([heldout_stream[i * span:(i + 1) * span] for i in range(n_held)]).to(device)
+        held_targets = make_targets(model, held, k)
+        n_distill = round(p.distill_share * p.batch_size) if p.distill_prompts else 0
+        ids_ = tokenizers_.special_token_ids(tok)
+        eval_prompt_ids = [[ids_["eos"]] + tok.encode(e.prompt, add_special_tokens=False).ids
+                           for e in corpus.eval_prompts(p.eval_prompts, seed=0)]
     if n_distill:
         if p.prompt_len + p.gen_len < p.seq_len + 1:
             raise ValueError(f"preset: prompt_len + gen_len must cover a window of seq_len + 1 = {p.seq_len + 1}")
@@ -307,7 +384,8 @@ def train_falcon(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
         distill_s = time.perf_counter() - start
 
     # --- drafter
-    drafter = FalconDrafter.for_base(model, num_layers=p.num_layers, block_size=k, dtype=torch.float32).train()
+    drafter = FalconDrafter.for_base(model, num_layers=p.num_layers, block_size=k, dtype=torch.float32,
+                                     vocab_ids=vocab_ids).train()
     params = list(drafter.parameters())
     decay = [x for x in params if x.dim() >= 2]
     no_decay = [x for x in params if x.dim() < 2]
@@ -315,7 +393,7 @@ def train_falcon(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
                              {"params": no_decay, "weight_decay": 0.0}], lr=p.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(seed)
     windows = (corpus.batches(train_stream, p.batch_size - n_distill, p.seq_len, seed=seed)
-               if n_distill < p.batch_size else None)
+               if n_distill < p.batch_size and train_stream is not None else None)
     history, ema, step, tokens_seen, glanced_total = [], None, 0, 0, 0
 
     def record(ev, seconds_now):
@@ -330,11 +408,15 @@ def train_falcon(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
         for group in opt.param_groups:
             group["lr"] = cosine_lr(p.lr, p.warmup, p.min_lr_ratio, step, frac)
         lam = p.lambda_start + (p.lambda_end - p.lambda_start) * min(frac, 1.0)
-        t = make_targets(model, mixed_batch(windows, distilled, n_distill, p.seq_len, gen).to(device), k)
+        if train_stream is None:                                # precomputed features: no backbone call
+            t = stream_targets(train_data, torch.randint(0, n_starts, (p.batch_size,), generator=gen),
+                               p.seq_len, k, device)
+        else:
+            t = make_targets(model, mixed_batch(windows, distilled, n_distill, p.seq_len, gen).to(device), k)
         offset = int(torch.randint(0, k, (1,), generator=gen))
         with torch.no_grad():                                   # CSGD pass 1: predict every block
             pred = drafter(t["features"], t["input_ids"], model.embed_tokens, offset)
-            pred_tokens = model.lm_head(pred).argmax(-1)
+            pred_tokens = drafter.token_ids(drafter.draft_logits(pred, model.lm_head).argmax(-1))
         feats, ids, glanced = glance(t["features"], t["input_ids"], t["target_features"], t["glance_ids"],
                                      pred_tokens, t["labels"], t["loss_mask"], k, offset, lam, gen)
         mask = t["loss_mask"] & ~glanced                        # pass 2 on the glanced inputs
@@ -361,18 +443,16 @@ def train_falcon(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
         record(final, train_s)
 
     # --- save, then evaluate decoding with what was saved
-    base_weights = base_dir / "model.safetensors"
     drafter.meta = {
         "base_model": base_dir.name,
-        "base_model_sha256": cards.file_sha256(base_weights) if base_weights.is_file() else None,
+        "base_model_sha256": base_sha,
         "heldout": final,
     }
-    drafter.eval().save(out_dir)
+    save_dtype = getattr(torch, p.save_dtype)
+    stored = drafter.eval() if save_dtype == torch.float32 else copy.deepcopy(drafter).eval().to(save_dtype)
+    stored.save(out_dir)
     saved = FalconDrafter.load(out_dir, device=device, dtype=torch.float32)
-    ids_ = tokenizers_.special_token_ids(tok)
-    prompts = [[ids_["eos"]] + tok.encode(e.prompt, add_special_tokens=False).ids
-               for e in corpus.eval_prompts(p.eval_prompts, seed=0)]
-    decoding = decode_eval(model, saved, prompts, p.eval_new_tokens)
+    decoding = decode_eval(model, saved, eval_prompt_ids, p.eval_new_tokens)
 
     n_params = sum(x.numel() for x in drafter.parameters())
     card = {
@@ -393,12 +473,17 @@ def train_falcon(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
                            "on valid positions not glanced",
                    "init": "normal(0, 0.02); fc passes the feature half through (identity added)"},
         "corpus": {"base_model": str(base_dir),
-                   "inputs": (f"random windows of the corpus train split; {n_distill} of every {p.batch_size} "
+                   "inputs": ("random windows of the base's greedy answers to chat requests built from corpus "
+                              "functions (leapdec.train.distill), prompts included, features precomputed"
+                              if p.data == "distill" else
+                              f"random windows of the corpus train split; {n_distill} of every {p.batch_size} "
                               f"rows are windows of the base's greedy continuations of "
                               f"{p.distill_prompts} train-split prompts"),
                    "distilled_tokens": int(distilled.numel()) if distilled is not None else 0,
                    "targets": "frozen base features f_{j+k}; tokens = the base's greedy predictions",
-                   "seq_len": p.seq_len, "train_stream_tokens": int(train_stream.numel()),
+                   "seq_len": p.seq_len,
+                   "train_stream_tokens": int(train_stream.numel()) if train_stream is not None else None,
+                   **data_info,
                    "heldout_windows": n_held, "heldout_tokens": int(held_targets["loss_mask"].sum()),
                    "heldout_rule": "corpus.split_of: SHA-1 of the relative path, lowest 2 %",
                    "fingerprint": corpus.corpus_info().fingerprint},
@@ -407,7 +492,8 @@ def train_falcon(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
                   "num_attention_heads": drafter.config.num_attention_heads,
                   "num_key_value_heads": drafter.config.num_key_value_heads,
                   "vocab_size": model.config.vocab_size, "parameters": n_params,
-                  "storage_dtype": "float32", "base_model_sha256": drafter.meta["base_model_sha256"]},
+                  "draft_vocab_size": drafter.draft_vocab_size,
+                  "storage_dtype": p.save_dtype, "base_model_sha256": drafter.meta["base_model_sha256"]},
         "training": {"steps": step, "tokens_seen": tokens_seen, "glanced_positions": glanced_total,
                      "distill_s": round(distill_s, 1),
                      "train_s": round(train_s, 1), "wall_s": 0.0,
@@ -428,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m leapdec.train falcon",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="stdlib-ar", help="zoo name or checkpoint folder of the target")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="default: smollm2 for a GGUF zoo model, else default")
     parser.add_argument("--out", help="folder to write (default: <base>/falcon)")
     add_budget_arguments(parser)
     args = parser.parse_args(argv)

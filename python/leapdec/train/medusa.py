@@ -14,6 +14,14 @@ checkpoint hash) and a card into ``<base>/medusa`` (or ``--out``), where
 ``generate(method="medusa")`` finds them.
 
     python -m leapdec.train medusa --base stdlib-ar --preset default
+
+A GGUF zoo model (``smollm2-135m-instruct``) gets the ``smollm2`` preset by default: its data are
+the shared self-distillation set (``leapdec.train.distill``: chat requests "Write a Python
+function ..." built from the corpus functions, the model's own greedy answers, and the final
+hidden states computed once), and the heads project onto a frequency-ranked subset of the
+vocabulary (FR-Spec; ``draft_vocab`` token ids stored with the heads, the LM head rows shared):
+
+    python -m leapdec.train medusa --base smollm2-135m-instruct --seconds 1200 --threads 1
 """
 
 from __future__ import annotations
@@ -32,10 +40,9 @@ from tqdm.auto import tqdm
 
 from leapdec import zoo
 from leapdec.decoding import generate
-from leapdec.models import load_checkpoint
 from leapdec.models.heads import CONFIG_FILE, WEIGHTS_FILE, MedusaHeads
 from leapdec.paths import writable_dir
-from leapdec.train import cards, corpus
+from leapdec.train import cards, corpus, distill
 from leapdec.train.budget import add_budget_arguments, budget_command_args
 from leapdec.train import tokenizer as tokenizers_
 from leapdec.decoding.medusa import MAX_AUTO_NODES, NODE_COST, expected_accept_lengths
@@ -65,6 +72,8 @@ class Preset:
     eval_new_tokens: int = 128
     eval_every: int = 100
     shared_lm_head: bool = True   # heads project with the frozen base LM head (one GEMM for all heads)
+    data: str = "corpus"          # "corpus": random corpus windows; "distill": leapdec.train.distill's chat set
+    draft_vocab: int | None = None  # heads project onto this many frequency-ranked token ids (FR-Spec)
 
 
 PRESETS = {
@@ -77,7 +86,16 @@ PRESETS = {
     "default": Preset(num_heads=4, num_layers=1, num_prompts=384, heldout_prompts=64,
                       prompt_len=64, gen_len=96, gen_batch=64, batch_size=256, lr=2e-3,
                       steps=1200),                 # shared-LM-head heads: 600 -> 1200 steps (top-1 +2-3 points)
+    # SmolLM2-135M-Instruct: the self-distilled chat answers, heads on an 8k-token draft vocabulary
+    "smollm2": Preset(num_heads=4, num_layers=1, num_prompts=1000, heldout_prompts=82, prompt_len=0,
+                      gen_len=128, gen_batch=16, batch_size=256, lr=2e-3, steps=2000, warmup=30,
+                      eval_prompts=4, eval_new_tokens=64, eval_every=200, data="distill", draft_vocab=8192),
 }
+
+
+def default_preset(base) -> str:
+    """``smollm2`` for a GGUF zoo model (a pretrained chat model), else ``default``."""
+    return "smollm2" if isinstance(base, str) and base in zoo.GGUF_MODELS else "default"
 
 
 # ----------------------------------------------------------------------------- data
@@ -132,16 +150,48 @@ def self_distill(model, prompts: list[list[int]], gen_len: int, num_heads: int, 
     return torch.cat(hiddens), torch.cat(targets)
 
 
+def distilled_targets(data: dict, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Medusa's training pairs from ``distill.hidden_states``: ``hidden [N, h]`` float32 at each
+    answer position t (from the last prompt token on) and ``targets [N, num_heads]``, the
+    token ``t + i + 2`` for head i (``-100`` past the end of the sequence)."""
+    hiddens, targets = [], []
+    offsets, plens = data["offsets"].tolist(), data["prompt_lens"].tolist()
+    for i, plen in enumerate(plens):
+        lo, hi = offsets[i], offsets[i + 1]
+        seq = data["tokens"][lo:hi]
+        t = torch.arange(plen - 1, hi - lo - 2)
+        if t.numel() == 0:
+            continue
+        tgt = torch.full((t.numel(), num_heads), IGNORE, dtype=torch.long)
+        for h in range(num_heads):
+            pos = t + h + 2
+            ok = pos < seq.numel()
+            tgt[ok, h] = seq[pos[ok]]
+        hiddens.append(data["hidden"][lo + t].float())
+        targets.append(tgt)
+    return torch.cat(hiddens), torch.cat(targets)
+
+
 # ----------------------------------------------------------------------------- loss and metrics
 
 def heads_loss(heads: MedusaHeads, hidden: torch.Tensor, targets: torch.Tensor):
     """Medusa-1 loss: ``sum_i 0.8^i CE_i`` over the positions with a target, and per-head CE."""
-    logits = heads(hidden).float()                                     # [N, H, V]
+    logits = heads(hidden).float()                                     # [N, H, V']
+    targets = _draft_targets(heads, targets)
     per_head = []
     for i in range(heads.num_heads):
         per_head.append(F.cross_entropy(logits[:, i], targets[:, i], ignore_index=IGNORE))
     total = sum(LOSS_DECAY ** i * l for i, l in enumerate(per_head))
     return total, per_head
+
+
+def _draft_targets(heads: MedusaHeads, targets: torch.Tensor) -> torch.Tensor:
+    """Targets as positions of the heads' output: a token outside a reduced draft vocabulary
+    becomes ``-100`` (no loss; the heads can never draft it)."""
+    if not heads.reduced_vocab:
+        return targets
+    mapped = heads.draft_index(targets)
+    return torch.where(mapped >= 0, mapped, torch.full_like(mapped, IGNORE))
 
 
 @torch.no_grad()
@@ -163,7 +213,8 @@ def evaluate_heads(heads: MedusaHeads, hidden: torch.Tensor, targets: torch.Tens
         tgt = targets[s:s + batch].to(device)
         logits = heads(h).float()
         top = logits.topk(topk, dim=-1).indices                        # [n, H, k]
-        valid = tgt != IGNORE
+        valid = tgt != IGNORE              # a target outside a reduced draft vocabulary is a miss
+        tgt = heads.draft_index(tgt)
         match = (top == tgt[..., None]) & valid[..., None]                 # [n, H, k]
         ranks = torch.where(match.any(-1), match.int().argmax(-1), topk).tolist()
         for row in ranks:
@@ -175,8 +226,9 @@ def evaluate_heads(heads: MedusaHeads, hidden: torch.Tensor, targets: torch.Tens
             v = valid[:, i]
             hits[i] += (top[v, i] == tgt[v, i, None]).sum(0).double().cpu()
             counts[i] += v.sum().item()
-            if v.any():
-                ce[i] += F.cross_entropy(logits[v, i], tgt[v, i], reduction="sum").item()
+            inside = v & (tgt[:, i] >= 0)     # CE where the target is in the draft vocabulary
+            if inside.any():
+                ce[i] += F.cross_entropy(logits[inside, i], tgt[inside, i], reduction="sum").item()
     positions = int(counts[0].item())
     counts = counts.clamp(min=1)
     acc = hits / counts[:, None]
@@ -263,7 +315,7 @@ def command_line(base, preset, out_dir, steps, seconds, device, seed, threads) -
     return shlex.join(args + budget_command_args(steps, seconds, device, seed, threads))
 
 
-def train_medusa(base="stdlib-ar", preset: str = "default", out_dir=None, steps: int | None = None,
+def train_medusa(base="stdlib-ar", preset: str | None = None, out_dir=None, steps: int | None = None,
                  seconds: float | None = None, device="cpu", seed: int = 0,
                  threads: int | None = None, progress: bool = True) -> dict:
     """Train Medusa heads for the checkpoint ``base`` (zoo name or folder) and write them with a
@@ -271,8 +323,11 @@ def train_medusa(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
 
     Stops after ``steps`` optimizer steps or ``seconds`` of training, whichever comes first
     (the preset's steps when neither is given); the cosine schedule follows the step budget.
+    ``preset`` None: :func:`default_preset`.
     """
     wall_start = time.perf_counter()
+    if preset is None:
+        preset = default_preset(base)
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     if steps is not None and (not isinstance(steps, int) or steps <= 0):
@@ -283,37 +338,52 @@ def train_medusa(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
         if threads <= 0:
             raise ValueError(f"threads must be positive, got {threads}")
         torch.set_num_threads(threads)
-    base_dir = zoo.resolve(base)
     device = torch.device(device)
+    p = PRESETS[preset]
+    model, tok, base_dir, base_sha = distill.load_base(base, device)
     command = command_line(base, preset, out_dir, steps, seconds, device, seed, threads)
     out_dir = Path(out_dir) if out_dir is not None else base_dir / "medusa"
     writable_dir(out_dir, create=False)   # an unwritable --out fails now, not after training
-    p = PRESETS[preset]
     budget = steps if steps is not None else p.steps
     torch.manual_seed(seed)
 
     # --- frozen backbone and self-distilled data
-    model = load_checkpoint(base_dir, device=device, dtype=torch.float32).eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    if not model.config.causal:
-        raise ValueError(f"base: {base_dir} is not a causal LM; Medusa heads need an AR backbone")
-    tok = tokenizers_.load_tokenizer(base_dir)
-    if tok.get_vocab_size() != model.config.vocab_size:
-        raise ValueError(f"base: tokenizer vocabulary {tok.get_vocab_size()} != model's {model.config.vocab_size}")
     data_start = time.perf_counter()
-    train_stream = corpus.encode_corpus(tok, "train", max_bytes=p.corpus_max_bytes)
-    heldout_stream = corpus.encode_corpus(tok, "heldout")
-    train_prompts = sample_prompts(train_stream, p.num_prompts, p.prompt_len, seed)
-    heldout_prompts = sample_prompts(heldout_stream, p.heldout_prompts, p.prompt_len, seed + 1)
-    train_h, train_t = self_distill(model, train_prompts, p.gen_len, p.num_heads, p.gen_batch,
-                                    progress, "distill/train")
-    held_h, held_t = self_distill(model, heldout_prompts, p.gen_len, p.num_heads, p.gen_batch,
-                                  progress, "distill/heldout")
+    vocab_ids, data_info = None, {}
+    if p.data == "distill":
+        train_pairs = distill.answers(str(base), p.num_prompts, "train", p.gen_len, seed, p.gen_batch,
+                                      model=model, tokenizer=tok, progress=progress)
+        held_pairs = distill.answers(str(base), p.heldout_prompts, "heldout", p.gen_len, seed, p.gen_batch,
+                                     model=model, tokenizer=tok, progress=progress)
+        train_h, train_t = distilled_targets(distill.hidden_states(str(base), train_pairs, model,
+                                                                   progress=progress), p.num_heads)
+        held_h, held_t = distilled_targets(distill.hidden_states(str(base), held_pairs, model,
+                                                                 progress=progress), p.num_heads)
+        train_prompts, heldout_prompts = [q for q, _ in train_pairs], [q for q, _ in held_pairs]
+        if p.draft_vocab:
+            vocab_ids = distill.frequent_tokens(str(base), p.draft_vocab, train_pairs, tok,
+                                                always=model.config.stop_token_ids)
+            data_info["draft_vocab_coverage_heldout_answers"] = round(distill.coverage(vocab_ids, held_pairs), 4)
+        eval_prompt_ids = heldout_prompts[:p.eval_prompts]
+        stream_tokens = None
+    else:
+        train_stream = corpus.encode_corpus(tok, "train", max_bytes=p.corpus_max_bytes)
+        heldout_stream = corpus.encode_corpus(tok, "heldout")
+        train_prompts = sample_prompts(train_stream, p.num_prompts, p.prompt_len, seed)
+        heldout_prompts = sample_prompts(heldout_stream, p.heldout_prompts, p.prompt_len, seed + 1)
+        train_h, train_t = self_distill(model, train_prompts, p.gen_len, p.num_heads, p.gen_batch,
+                                        progress, "distill/train")
+        held_h, held_t = self_distill(model, heldout_prompts, p.gen_len, p.num_heads, p.gen_batch,
+                                      progress, "distill/heldout")
+        ids = tokenizers_.special_token_ids(tok)
+        eval_prompt_ids = [[ids["eos"]] + tok.encode(e.prompt, add_special_tokens=False).ids
+                           for e in corpus.eval_prompts(p.eval_prompts, seed=0)]
+        stream_tokens = int(train_stream.numel())
     data_s = time.perf_counter() - data_start
 
     # --- heads
-    heads = MedusaHeads.from_base(model, p.num_heads, p.num_layers, p.shared_lm_head).float().train()
+    heads = MedusaHeads.from_base(model, p.num_heads, p.num_layers, p.shared_lm_head,
+                                  vocab_ids=vocab_ids).float().train()
     params = list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=p.lr, betas=(0.9, 0.95), weight_decay=p.weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -354,10 +424,9 @@ def train_medusa(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
     if history[-1]["step"] != step:
         history.append(_history_entry(step, p, train_s, ema, final))
     expected = expected_accept_lengths([(tuple(p), v) for p, v in final["tree_paths"]])
-    base_weights = base_dir / "model.safetensors"
     heads.meta = {
         "base_model": base_dir.name,
-        "base_model_sha256": cards.file_sha256(base_weights) if base_weights.is_file() else None,
+        "base_model_sha256": base_sha,
         "head_accuracy": final["accuracy"],
         "tree_paths": final["tree_paths"],
         "expected_accept_length": {str(k): round(expected[min(k, len(expected) - 1)], 4)
@@ -365,10 +434,7 @@ def train_medusa(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
     }
     heads.save(out_dir)
     saved = MedusaHeads.load(out_dir, device=device, dtype=torch.float32).attach(model)
-    ids = tokenizers_.special_token_ids(tok)
-    prompts = [[ids["eos"]] + tok.encode(e.prompt, add_special_tokens=False).ids
-               for e in corpus.eval_prompts(p.eval_prompts, seed=0)]
-    decoding = decode_eval(model, saved, prompts, p.eval_new_tokens)
+    decoding = decode_eval(model, saved, eval_prompt_ids, p.eval_new_tokens)
 
     n_params = sum(x.numel() for x in heads.parameters())
     card = {
@@ -388,16 +454,21 @@ def train_medusa(base="stdlib-ar", preset: str = "default", out_dir=None, steps:
                    "schedule": "linear warmup, cosine to min_lr_ratio over the step budget",
                    "loss": f"sum_i {LOSS_DECAY}^i * CE(head i, token t+i+2)",
                    "init": "ResBlock weight zero, bias default; output layer = base lm_head"},
-        "corpus": {"base_model": str(base), "targets": "the base model's greedy continuations "
-                   "(generate(method='ar')) of random corpus windows",
+        "corpus": {"base_model": str(base),
+                   "targets": ("the base model's greedy answers (generate(method='ar'), to its stop token) to "
+                               "chat requests built from corpus functions (leapdec.train.distill)"
+                               if p.data == "distill" else "the base model's greedy continuations "
+                               "(generate(method='ar')) of random corpus windows"),
+                   **data_info,
                    "train_prompts": len(train_prompts), "heldout_prompts": len(heldout_prompts),
                    "prompt_len": p.prompt_len, "gen_len": p.gen_len,
                    "train_positions": int(train_h.shape[0]), "heldout_positions": int(held_h.shape[0]),
-                   "train_stream_tokens": int(train_stream.numel()),
+                   "train_stream_tokens": stream_tokens,
                    "heldout_rule": "corpus.split_of: SHA-1 of the relative path, lowest 2 %",
                    "fingerprint": corpus.corpus_info().fingerprint},
         "model": {"num_heads": p.num_heads, "num_layers": p.num_layers, "shared_lm_head": p.shared_lm_head,
                   "hidden_size": heads.hidden_size, "vocab_size": heads.vocab_size,
+                  "draft_vocab_size": heads.draft_vocab_size,
                   "parameters": n_params, "storage_dtype": "float32",
                   "base_model_sha256": heads.meta["base_model_sha256"],
                   "trees": "sized per step from tree_paths (leapdec.decoding.medusa, tree='auto')"},
@@ -424,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m leapdec.train medusa",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="stdlib-ar", help="zoo name or checkpoint folder of the backbone")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="default: smollm2 for a GGUF zoo model, else default")
     parser.add_argument("--out", help="folder to write (default: <base>/medusa)")
     add_budget_arguments(parser)
     args = parser.parse_args(argv)

@@ -184,19 +184,29 @@ def beam_search(frame_lens, ctc_log_probs=None, decoder=None, decoder_state=None
         total = (cand_score + score[:, None]).masked_fill(cand == blank, -math.inf)  # blank is no output
         n_cand = cand.shape[1]
 
-        # per utterance: the beam best (row, candidate) pairs
+        # per utterance (rows are grouped by utterance, in order): the beam best (row, candidate)
+        # pairs, by one top-k over the utterances' padded rows
+        counts = {}
+        for u in utt:
+            counts[u] = counts.get(u, 0) + 1
+        group_sizes = list(counts.values())
+        most = max(group_sizes)
+        group = torch.repeat_interleave(torch.arange(len(group_sizes), device=device),
+                                        torch.tensor(group_sizes, device=device))
+        first = torch.tensor([0] + group_sizes[:-1], device=device).cumsum(0)
+        within = torch.arange(n_rows, device=device) - first[group]
+        padded = torch.full((len(group_sizes), most, n_cand), -math.inf, dtype=total.dtype, device=device)
+        padded[group, within] = total
+        top = padded.view(len(group_sizes), -1).topk(min(beam, most * n_cand), dim=1)
+        top_rows = (first[:, None] + top.indices // n_cand).tolist()
+        top_cols = (top.indices % n_cand).tolist()
         new_rows, new_cols, new_scores = [], [], []
-        rows_of: dict[int, list[int]] = {}
-        for i, u in enumerate(utt):
-            rows_of.setdefault(u, []).append(i)
-        for u, rows in rows_of.items():
-            flat = total[rows].reshape(-1)
-            top = flat.topk(min(beam, flat.numel()))
-            for v, j in zip(top.values.tolist(), top.indices.tolist()):
+        for vals, rows, cols in zip(top.values.tolist(), top_rows, top_cols):
+            for v, row, col in zip(vals, rows, cols):
                 if v == -math.inf:
                     break
-                new_rows.append(rows[j // n_cand])
-                new_cols.append(j % n_cand)
+                new_rows.append(row)
+                new_cols.append(col)
                 new_scores.append(v)
         cand_list = cand.tolist()
         keep_src, keep_cols, next_toks, next_utt, next_scores = [], [], [], [], []
@@ -215,10 +225,10 @@ def beam_search(frame_lens, ctc_log_probs=None, decoder=None, decoder_state=None
                 next_scores.append(sc)
         # utterances that stop here
         finished = set()
-        for u in rows_of:
+        still_running = set(next_utt)
+        for u in counts:
             steps[u] = step + 1
-            running = any(x == u for x in next_utt)
-            if not running or step >= maxlen[u] - 1 or (end_detection and end_detect(ended[u], step)):
+            if u not in still_running or step >= maxlen[u] - 1 or (end_detection and end_detect(ended[u], step)):
                 finished.add(u)
         sel = [k for k, u in enumerate(next_utt) if u not in finished]
         keep_src = [keep_src[k] for k in sel]

@@ -1,4 +1,4 @@
-"""`leapdec demo | generate | chat | bench | train` — the command-line front of the package."""
+"""`leapdec demo | generate | chat | bench | train | transcribe` — the command-line front of the package."""
 
 from __future__ import annotations
 
@@ -187,6 +187,27 @@ def _bench(args) -> int:
     return status
 
 
+def _transcribe(args) -> int:
+    import torch
+
+    import leapdec.speech as speech
+    from leapdec.speech.transcribe import load_utterances
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    utts = load_utterances(args.audio, args.video)
+    modality = args.modality or ("av" if args.video else "audio")
+    model = speech.load(args.model, device=args.device)
+    res = speech.transcribe(model, utts, method=args.method, modality=modality, beam=args.beam,
+                            ctc_weight=args.ctc_weight, penalty=args.penalty)
+    for path, text in zip(args.audio, res.texts):
+        print(f"{path}\t{text}" if len(args.audio) > 1 else text)
+    if args.stats:
+        print(f"# {res.stats['wall_s']:.2f} s (encoder {res.stats['encode_s']:.2f} s, search {res.stats['search_s']:.2f} s), "
+              f"{res.stats['steps']} steps, method {args.method}, modality {modality}", file=sys.stderr)
+    return 0
+
+
 def _train(args) -> int:
     from leapdec.train.__main__ import main as train_main
 
@@ -296,6 +317,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"benchmark: all, {', '.join(BENCH_NAMES)} (default: all)")
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="...", help="options for the benchmark itself")
     p.set_defaults(fn=_bench)
+
+    p = sub.add_parser("transcribe", help="speech to text with an audio-visual speech model (leapdec.speech)",
+                       description="Transcribe 16 kHz mono WAV files (optionally with mouth videos: .npy or .pt "
+                                   "[frames, H, W] at 25 fps) by joint CTC/attention beam search.")
+    p.add_argument("audio", nargs="+", help="WAV files (16 kHz)")
+    p.add_argument("--video", nargs="+", default=None, help="one mouth video per WAV file (.npy or .pt)")
+    p.add_argument("--model", default="espeak-avsr", help="zoo name or checkpoint folder (default: %(default)s)")
+    p.add_argument("--method", default="ctc_attention", choices=["ctc_attention", "attention", "ctc_prefix", "ctc_greedy"],
+                   help="decoding (default: %(default)s)")
+    p.add_argument("--modality", default=None, choices=["av", "audio", "video"],
+                   help="streams to use (default: av with --video, else audio)")
+    p.add_argument("--beam", type=int, default=10, help="beam size (default: %(default)s)")
+    p.add_argument("--ctc-weight", type=float, default=0.3, help="joint search lambda (default: %(default)s)")
+    p.add_argument("--penalty", type=float, default=0.0, help="length bonus per character (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    p.add_argument("--stats", action="store_true", help="print timing and steps to stderr")
+    p.add_argument("--device", type=_device, default="cpu", metavar="DEVICE", help=f"{DEVICE_HELP} (default: %(default)s)")
+    _add_debug(p)
+    p.set_defaults(fn=_transcribe)
 
     p = sub.add_parser("train", help="run a training recipe (see `leapdec train -- --help`)",
                        description="Run a training recipe of leapdec.train; everything after `train` goes "

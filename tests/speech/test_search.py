@@ -334,3 +334,45 @@ def test_transcribe_scorers_and_methods(tiny_model):
         transcribe(tiny_model, utts, method="viterbi")
     with pytest.raises(ValueError, match="needs 0 < ctc_weight < 1"):
         transcribe(tiny_model, utts, ctc_weight=1.0)
+
+
+def write_wav(path, samples, rate=16000):
+    import wave
+
+    import numpy as np
+    pcm = (samples.clamp(-1, 1) * 32767).to(torch.int16).numpy()
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes(np.ascontiguousarray(pcm).tobytes())
+
+
+def test_cli_transcribe(tiny_model, tmp_path, capsys):
+    """`leapdec transcribe file.wav [--video file.npy]` prints what transcribe() returns; a wrong
+    sample rate is a one-line error."""
+    import numpy as np
+
+    from leapdec import cli
+    from leapdec.speech import model as M
+    from leapdec.speech.transcribe import read_wav, transcribe
+    ckpt = M.save(tiny_model, tmp_path / "avsr")
+    utts = noise_utterances(2, seed=3)
+    wavs = [tmp_path / f"u{i}.wav" for i in range(2)]
+    vids = [tmp_path / f"u{i}.npy" for i in range(2)]
+    for u, w, v in zip(utts, wavs, vids):
+        write_wav(w, u.audio)
+        np.save(v, u.video.numpy())
+    audio, rate = read_wav(wavs[0])
+    assert rate == 16000 and audio.shape == utts[0].audio.shape
+    assert (audio - utts[0].audio).abs().max() < 1e-4
+    for u in utts:
+        u.audio = (u.audio.clamp(-1, 1) * 32767).to(torch.int16).float() / 32768.0
+    want = transcribe(tiny_model, utts, beam=3)
+    assert cli.main(["transcribe", *map(str, wavs), "--video", *map(str, vids), "--model", str(ckpt),
+                     "--beam", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{w}\t{t}" for w, t in zip(wavs, want.texts)]
+    write_wav(tmp_path / "8k.wav", torch.zeros(800), rate=8000)
+    assert cli.main(["transcribe", str(tmp_path / "8k.wav"), "--model", str(ckpt)]) == 1
+    assert "16000 Hz" in capsys.readouterr().err

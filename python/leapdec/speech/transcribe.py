@@ -73,3 +73,51 @@ def transcribe(model, utterances, method: str = "ctc_attention", modality: str =
         stats["search_s"] = time.perf_counter() - t1
     stats["wall_s"] = time.perf_counter() - t0
     return Transcription([model_.ids_to_text(i) for i in ids], ids, stats)
+
+
+def read_wav(path) -> tuple[torch.Tensor, int]:
+    """A PCM WAV file as float32 mono samples in [-1, 1] (channels averaged) and its sample rate."""
+    import wave
+
+    import numpy as np
+
+    with wave.open(str(path), "rb") as f:
+        width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
+        raw = f.readframes(f.getnframes())
+    if width == 1:
+        x = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 2:
+        x = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    elif width == 4:
+        x = np.frombuffer(raw, dtype="<i4").astype(np.float32) / 2147483648.0
+    else:
+        raise ValueError(f"{path}: {8 * width}-bit WAV is not supported (8, 16 or 32-bit PCM)")
+    x = x.reshape(-1, channels).mean(1)
+    return torch.from_numpy(np.ascontiguousarray(x)), rate
+
+
+def read_video(path) -> torch.Tensor:
+    """Mouth frames ``[frames, H, W]`` (float, 25 fps) from a ``.npy`` or ``.pt`` file."""
+    import numpy as np
+
+    path = str(path)
+    if path.endswith(".npy"):
+        return torch.from_numpy(np.load(path)).float()
+    if path.endswith(".pt"):
+        return torch.as_tensor(torch.load(path, map_location="cpu", weights_only=True)).float()
+    raise ValueError(f"{path}: video must be a .npy or .pt file of [frames, H, W] mouth frames at 25 fps")
+
+
+def load_utterances(wavs, videos=None) -> list:
+    """``Utterance`` objects from WAV files (16 kHz mono) and optional matching mouth videos."""
+    from leapdec.speech.data import Utterance
+
+    videos = list(videos or [])
+    if videos and len(videos) != len(wavs):
+        raise ValueError(f"--video: one per audio file ({len(wavs)}), got {len(videos)}")
+    out = []
+    for i, w in enumerate(wavs):
+        audio, rate = read_wav(w)
+        video = read_video(videos[i]) if videos else None
+        out.append(Utterance(audio=audio, video=video, text="", sample_rate=rate))
+    return out

@@ -11,6 +11,7 @@ import sys
 # recipe name -> module holding its main(argv)
 RECIPES = {
     "avsr": "leapdec.train.avsr",
+    "drafter": "leapdec.train.drafter",
     "falcon": "leapdec.train.falcon",
     "lm": "leapdec.train.lm",
     "maskgit": "leapdec.train.maskgit",

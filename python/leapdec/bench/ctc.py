@@ -14,6 +14,8 @@ Prints the tables and writes ctc.md, ctc.json and ctc.png to --out.
 
     leapdec bench ctc --quick              # small shapes, a few seconds
     leapdec bench ctc                      # B 1/4/8, T 100-300, V 30, beam 10, 1 thread
+    leapdec bench ctc --model espeak-avsr  # also: transcribe() of synthesised held-out sentences
+                                           # with the real model, op vs ESPnet-style scorer
 """
 
 from __future__ import annotations
@@ -84,6 +86,22 @@ def bench_search(B, T, V, beam, scorer, repeats, warmup):
     return tokens, st, spread
 
 
+def bench_model(name, n_utts, beam, repeats, warmup):
+    """transcribe() of n_utts synthesised held-out sentences (clean, AV) with the model ``name``:
+    wall seconds with each scorer and whether the texts agree."""
+    import leapdec.speech as speech
+
+    model = speech.load(name)
+    sentences = speech.sentence_splits()["heldout"][:n_utts]
+    utts = [speech.synthesize(text, seed=i) for i, text in enumerate(sentences)]
+    out = {}
+    for scorer in ("op", "espnet"):
+        res, spread = time_runs(lambda: speech.transcribe(model, utts, beam=beam, scorer=scorer), "cpu",
+                                warmup=warmup if scorer == "op" else 0, repeats=repeats)
+        out[scorer] = (res, spread)
+    return sentences, out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="leapdec bench ctc", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,6 +109,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     ap.add_argument("--beam", type=int, default=10)
     ap.add_argument("--vocab", type=int, default=30, help="characters incl. blank and eos (default: %(default)s)")
+    ap.add_argument("--model", default=None, help="also time transcribe() with this speech model (zoo name or folder)")
+    ap.add_argument("--utterances", type=int, default=8, help="sentences for --model (default: %(default)s)")
     add_output_arguments(ap, default_repeats=3, default_warmup=1)
     args = ap.parse_args(argv)
     out = writable_dir(args.out)
@@ -130,6 +150,23 @@ def main(argv=None) -> int:
         md.append(f"| {B} | {T} | {st_op['steps']} | {sp_op.cell('.3f')} | {st_op['ctc_s']:.3f} | {sp_es.cell('.3f')} | "
                   f"{st_es['ctc_s']:.3f} | {sp_es.median / sp_op.median:.1f}x | "
                   f"{st_es['ctc_s'] / st_op['ctc_s']:.1f}x | {same} |")
+    if args.model:
+        sentences, res = bench_model(args.model, args.utterances, beam, args.repeats, args.warmup)
+        (r_op, s_op), (r_es, s_es) = res["op"], res["espnet"]
+        same = r_op.texts == r_es.texts
+        all_same &= same
+        row = dict(kind="model", model=args.model, utterances=len(sentences), frames=r_op.stats["frames"],
+                   steps=r_op.stats["steps"], op_s=s_op.as_dict(), espnet_s=s_es.as_dict(),
+                   op_ctc_s=r_op.stats["ctc_s"], espnet_ctc_s=r_es.stats["ctc_s"],
+                   decoder_s=r_op.stats["decoder_s"], encode_s=r_op.stats["encode_s"],
+                   speedup=s_es.median / s_op.median, same_output=same)
+        rows.append(row)
+        line = (f"transcribe() with {args.model}, {len(sentences)} held-out sentences in one batch (AV, clean, "
+                f"beam {beam}, ctc_weight 0.3): op {s_op.cell('.2f')} s (CTC {row['op_ctc_s']:.2f}, decoder "
+                f"{row['decoder_s']:.2f}, encoder {row['encode_s']:.2f}), ESPnet-style {s_es.cell('.2f')} s "
+                f"(CTC {row['espnet_ctc_s']:.2f}): {row['speedup']:.1f}x, same texts {same}")
+        print(line)
+        md += ["", line]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [r for r in rows if r["kind"] == "step"]

@@ -17,9 +17,9 @@ Importable: ``run(...)`` returns the rows, ``markdown(rows, info)`` the tables.
 ``--text``: the text masked diffusion LM instead (``generate(..., method="recap")`` on
 ``stdlib-mdm``, held-out prompts of ``leapdec.train.corpus.eval_prompts``): for each step count,
 plain LLaDA, LLaDA with Fast-dLLM's dual cache and ReCAP with the same three schedules (counted
-within each block), one ragged batch; model calls, positions evaluated, wall-clock (median of
-``--repeats``), rows identical to and token agreement with LLaDA at the same steps and at the most
-steps, and the answers' NLL under ``stdlib-ar``. Writes ``recap_text.md`` and ``recap_text.json``.
+within each block), one ragged batch; model calls, positions evaluated, wall-clock (the fastest
+of ``--repeats`` runs, taken in turns), rows identical to and token agreement with LLaDA at the
+same steps and at the most steps, and the answers' NLL under ``stdlib-ar``. Writes ``recap_text.md`` and ``recap_text.json``.
 
     python benchmarks/bench_recap.py --text [--prompts 16] [--gen-length 128] [--text-steps 128,64,32]
 """
@@ -180,14 +180,37 @@ def text_configs(steps_list, block_steps):
     return runs
 
 
+class PositionCounter:
+    """Counts the positions (query rows) of every ``forward_paged`` call of ``model`` inside a
+    ``with`` block: the cost measure of any method, cache or not."""
+
+    def __init__(self, model):
+        self.model, self.positions = model, 0
+
+    def __enter__(self):
+        inner = self.model.forward_paged
+
+        def counted(step, cache, *args, **kwargs):
+            self.positions += step.positions.numel()
+            return inner(step, cache, *args, **kwargs)
+
+        self.model.forward_paged = counted          # an instance attribute shadows the method
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.forward_paged
+
+
 def run_text(model="stdlib-mdm", ar_model="stdlib-ar", prompts=16, gen_length=128, block_length=32,
              steps_list=(128, 64, 32), repeats=3, progress=True):
     """Every text decode on ``prompts`` held-out prompts (one ragged batch); returns ``(rows, info)``.
-    Plain LLaDA's positions come from ReCAP's all-full schedule, checked to give its tokens."""
+    The decodes of one step count are timed in turns (repeat 1 of each, then repeat 2, ...) so a
+    busy machine slows them alike; positions are counted at the model (and checked against
+    ReCAP's own count)."""
     from tqdm.auto import tqdm
 
     import leapdec
-    from leapdec.bench.common import time_runs
+    from leapdec.bench.common import Spread
     from leapdec.evaluate import token_agreement
     from leapdec.train import corpus
     from leapdec.train import tokenizer as tokenizers_
@@ -200,34 +223,44 @@ def run_text(model="stdlib-mdm", ar_model="stdlib-ar", prompts=16, gen_length=12
     ids = [[eos] + tok.encode(p.prompt, add_special_tokens=False).ids
            for p in corpus.eval_prompts(prompts, seed=0, max_prompt_chars=600)]
     n = len(ids)
-    common = dict(max_new_tokens=gen_length, block_length=block_length)
+    steps_list = sorted(steps_list, reverse=True)
+    runs = text_configs(steps_list, lambda s: s * block_length // gen_length)
 
     def decode(method, steps, opts):
-        return leapdec.generate(m, ids, method=method, steps=steps, **common, **opts)
+        return leapdec.generate(m, ids, method=method, steps=steps, max_new_tokens=gen_length,
+                                block_length=block_length, **opts)
 
-    decode("llada", min(steps_list), {})                           # warm-up
-    steps_list = sorted(steps_list, reverse=True)
+    decode("llada", steps_list[-1], {})                           # warm-up
+    outs, walls, counted = {}, {i: [] for i in range(len(runs))}, {}
+    bar = tqdm(total=len(runs) * repeats, desc="bench_recap text", disable=not progress)
+    for steps in steps_list:
+        group = [i for i, r in enumerate(runs) if r[2] == steps]
+        for rep in range(repeats):
+            for i in group:
+                _, method, _, opts = runs[i]
+                with PositionCounter(m) as count:
+                    t0 = time.perf_counter()
+                    out = decode(method, steps, opts)
+                    walls[i].append(time.perf_counter() - t0)
+                if rep == 0:
+                    outs[i], counted[i] = out, count.positions
+                bar.update()
+    bar.close()
     rows, plain = [], {}
-    for label, method, steps, opts in tqdm(text_configs(steps_list, lambda s: s * block_length // gen_length),
-                                           desc="bench_recap text", disable=not progress):
-        out, walls = time_runs(lambda: decode(method, steps, opts), "cpu", warmup=0, repeats=repeats)
-        st = out.stats
+    for i, (label, method, steps, opts) in enumerate(runs):
+        out, st, wall = outs[i], outs[i].stats, Spread.of(walls[i])
+        if method == "recap" and st["positions_evaluated"] != counted[i]:
+            raise AssertionError(f"{label} {steps} steps: stats count {st['positions_evaluated']} positions, "
+                                 f"the model ran {counted[i]}")
         if label == "llada":
-            all_full = decode("recap", steps, {"local_steps": 0})
-            if all_full.tokens != out.tokens:
-                raise AssertionError(f"recap with local_steps=0 differs from llada at {steps} steps")
-            st = {**st, "positions_evaluated": all_full.stats["positions_evaluated"],
-                  "full_steps": all_full.stats["full_steps"], "local_steps": 0}
-            plain[steps] = {"tokens": out.tokens, "wall_s": walls.median, "positions": st["positions_evaluated"]}
+            plain[steps] = {"tokens": out.tokens, "wall_s": wall.min, "positions": counted[i]}
         base, ref = plain[steps], plain[steps_list[0]]
-        positions = st.get("positions_evaluated")
         rows.append({"decode": label, "method": method, "steps": steps, "options": opts,
-                     "model_calls": st["model_calls"], "full_steps": st.get("full_steps"),
-                     "local_steps": st.get("local_steps"),
-                     "positions_per_row": None if positions is None else positions / n,
-                     "positions_vs_llada": None if positions is None else positions / base["positions"],
-                     "wall_s": walls.median, "wall_s_spread": walls.as_dict(),
-                     "speedup": base["wall_s"] / walls.median,
+                     "model_calls": st["model_calls"],
+                     "full_steps": st.get("full_steps", st["model_calls"] if label == "llada" else None),
+                     "local_steps": st.get("local_steps", 0 if label == "llada" else None),
+                     "positions_per_row": counted[i] / n, "positions_vs_llada": counted[i] / base["positions"],
+                     "wall_s": wall.min, "wall_s_spread": wall.as_dict(), "speedup": base["wall_s"] / wall.min,
                      "identical_rows": sum(a == b for a, b in zip(out.tokens, base["tokens"])),
                      "agreement": token_agreement(out.tokens, base["tokens"]),
                      "agreement_most_steps": token_agreement(out.tokens, ref["tokens"]),
@@ -244,7 +277,8 @@ def text_markdown(rows, info) -> str:
     lines = [f"{info['model']}, {info['prompts']} held-out prompts ({info['prompt_tokens'][0]}-"
              f"{info['prompt_tokens'][1]} tokens) in one ragged batch, gen_length {info['gen_length']}, "
              f"block {info['block_length']}, greedy, early exit; {info['torch_threads']} torch thread(s), "
-             f"torch {info['torch']}, {info['date']}; wall s: median of {info['repeats']} runs. ReCAP's "
+             f"torch {info['torch']}, {info['date']}; wall s: the fastest of {info['repeats']} runs taken in turns "
+             "with the other decodes of the same steps [median]; positions: query rows the model ran. ReCAP's "
              "schedule counts steps within each block (steps per block = steps x block / gen_length).", "",
              "| decode | steps | full + local | model calls | positions / row | positions vs LLaDA | wall s "
              "| speedup vs LLaDA, same steps | identical rows | token agreement, same steps "
@@ -256,10 +290,9 @@ def text_markdown(rows, info) -> str:
             opts = r["options"]
             sched += (f" (pre {opts['pre_full']}, {opts['local_steps']} local/full)" if opts
                       else " (default: pre steps/block/4, 3 local/full)")
-        pos = ("not counted" if r["positions_per_row"] is None else f"{r['positions_per_row']:.0f}")
-        share = "-" if r["positions_vs_llada"] is None else f"{100 * r['positions_vs_llada']:.0f} %"
+        pos, share = f"{r['positions_per_row']:.0f}", f"{100 * r['positions_vs_llada']:.0f} %"
         lines.append(f"| {r['decode']} | {r['steps']} | {sched} | {r['model_calls']} | {pos} | {share} | "
-                     f"{r['wall_s']:.2f} | {r['speedup']:.2f}x | {r['identical_rows']}/{info['prompts']} | "
+                     f"{r['wall_s']:.2f} [{r['wall_s_spread']['median']:.2f}] | {r['speedup']:.2f}x | {r['identical_rows']}/{info['prompts']} | "
                      f"{100 * r['agreement']:.1f} % | {100 * r['agreement_most_steps']:.1f} % | "
                      f"{r['mean_length']:.1f} | {r['ar_nll']:.2f} |")
     return "\n".join(lines) + "\n"
@@ -293,7 +326,7 @@ def main(argv=None) -> int:
                     help="extra base-sampler step counts for the matched-time comparison")
     ap.add_argument("--pre-full", type=int, help="ReCAP full steps first (default steps // 4)")
     ap.add_argument("--local-steps", type=int, default=3, help="ReCAP local steps per full step")
-    ap.add_argument("--repeats", type=int, default=1, help="time each run this many times (images: the min; --text: the median)")
+    ap.add_argument("--repeats", type=int, default=1, help="time each run this many times (the min is reported)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="2 images per class, steps 8,16 (--text: 2 prompts, gen_length 64, steps 64,32)")

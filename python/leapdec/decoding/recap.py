@@ -45,6 +45,7 @@ def is_full_step(step: int, pre_full: int, local_steps: int) -> bool:
 
 
 def check_schedule(pre_full, local_steps) -> None:
+    """A clear error naming ``pre_full`` or ``local_steps`` unless both are ints >= 0."""
     for name, v in (("pre_full", pre_full), ("local_steps", local_steps)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"{name} must be an int >= 0, got {v!r}")

@@ -22,6 +22,8 @@ import ctypes.util
 import hashlib
 import json
 import math
+import os
+import pickle
 import re
 import threading
 from dataclasses import dataclass, field
@@ -106,6 +108,37 @@ class _Espeak:
             raise RuntimeError(f"espeak-ng failed to synthesise {text!r} (status {status})")
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
         return audio, list(self._events)
+
+
+def _synth(text: str, voice: str, speed: int, pitch: int):
+    """``_Espeak.synth`` in a forked child of this process, where espeak-ng's state is always the
+    freshly initialised one: espeak-ng carries state from one synthesis to the next (its pitch
+    flutter), so the same call in the same process can differ by a few samples. Where ``fork``
+    does not exist the synthesis runs here (equal up to that flutter)."""
+    engine = _get_engine()
+    if not hasattr(os, "fork"):
+        return engine.synth(text, voice, speed, pitch)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                   # the child: synthesise, send, exit
+        os.close(read_fd)
+        try:
+            payload = pickle.dumps(engine.synth(text, voice, speed, pitch))
+        except BaseException as e:  # noqa: BLE001 - sent to the parent, which raises it
+            payload = pickle.dumps(e)
+        with os.fdopen(write_fd, "wb") as f:
+            f.write(payload)
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        payload = f.read()
+    os.waitpid(pid, 0)
+    if not payload:
+        raise RuntimeError(f"espeak-ng's synthesis process failed for {text!r}")
+    result = pickle.loads(payload)
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def espeak_available() -> bool:
@@ -379,7 +412,7 @@ def synthesize(text: str, voice: str | None = None, snr_db: float | None = None,
         raise ValueError(f"speed must be 80..450 words per minute, got {speed}")
     pitch = int(rng.integers(35, 66))
     with _lock:
-        raw, events = _get_engine().synth(text, voice, speed, pitch)
+        raw, events = _synth(text, voice, speed, pitch)
     if raw.size == 0:
         raise ValueError(f"text: espeak-ng produced no audio for {text!r}")
     audio = resample(raw.astype(np.float32) / 32768.0, ESPEAK_RATE, SAMPLE_RATE)

@@ -40,7 +40,7 @@ from leapdec.speech.metrics import char_error_rate
 from leapdec.train import cards, corpus
 from leapdec.train.budget import Budget, cosine_lr
 
-DATA_VERSION = 1
+DATA_VERSION = 2
 CTC_WEIGHT = 0.3
 
 
@@ -61,13 +61,13 @@ class Preset:
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
-    audio_pretrain_steps: int = 500
-    video_pretrain_steps: int = 500
-    finetune_steps: int = 1500
+    audio_pretrain_steps: int = 350
+    video_pretrain_steps: int = 250
+    finetune_steps: int = 800
     noise_prob: float = 0.75
     snr_range: tuple = (-5.0, 20.0)
     modality_probs: tuple = (0.5, 0.25, 0.25)    # av, audio only, video only
-    eval_every: int = 250
+    eval_every: int = 200
 
 
 PRESETS = {
@@ -378,8 +378,9 @@ def finetune(model, sets, preset: Preset, seed: int, progress: bool) -> dict:
 
 def train_avsr(out, preset_name: str = "default", pretrain_stages: bool = True, finetune_steps=None,
                pretrain_steps=None, device="cpu", seed: int = 0, threads=None, progress=True,
-               name: str | None = None) -> dict:
-    """Train (and write) one recogniser with its card; returns the card."""
+               name: str | None = None, tokenizer_from: str | None = None) -> dict:
+    """Train (and write) one recogniser with its card; returns the card. ``tokenizer_from``: a zoo
+    name whose ``tokenizer.json`` this checkpoint shares (none is written here)."""
     if threads:
         torch.set_num_threads(threads)
     wall_start = time.perf_counter()
@@ -414,7 +415,8 @@ def train_avsr(out, preset_name: str = "default", pretrain_stages: bool = True, 
         ["--out", str(out), "--preset", preset_name] + ([] if pretrain_stages else ["--no-pretrain"])
         + ["--finetune-steps", str(preset.finetune_steps)]
         + (["--pretrain-steps", str(pretrain_steps)] if pretrain_steps is not None and pretrain_stages else [])
-        + ["--device", str(device), "--seed", str(seed)] + (["--threads", str(threads)] if threads else []))
+        + ["--device", str(device), "--seed", str(seed)] + (["--threads", str(threads)] if threads else [])
+        + (["--tokenizer-from", tokenizer_from] if tokenizer_from else []))
     name = name or out.name
     tok = model_.vocabulary_tokenizer()
     from leapdec.train.tokenizer import tokenizer_hash
@@ -451,7 +453,12 @@ def train_avsr(out, preset_name: str = "default", pretrain_stages: bool = True, 
                   "parameters": model_.count_parameters(model), **dataclasses.asdict(config),
                   "storage_dtype": "float32", "tokenizer_sha256": tokenizer_hash(tok)},
     }
-    card["files"] = cards.file_entries(out, ["config.json", "model.safetensors", "tokenizer.json"])
+    files = ["config.json", "model.safetensors", "tokenizer.json"]
+    if tokenizer_from:
+        (out / "tokenizer.json").unlink()
+        card["tokenizer_from"] = tokenizer_from
+        files.remove("tokenizer.json")
+    card["files"] = cards.file_entries(out, files)
     cards.write_card(out, card)
     return card
 
@@ -467,11 +474,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--tokenizer-from", help="zoo model whose tokenizer.json this one shares (not copied)")
     args = parser.parse_args(argv)
     if not data.espeak_available():
         parser.error(f"espeak-ng is not installed: {data.INSTALL_HINT}")
     card = train_avsr(args.out, args.preset, not args.no_pretrain, args.finetune_steps, args.pretrain_steps,
-                      args.device, args.seed, args.threads, not args.no_progress)
+                      args.device, args.seed, args.threads, not args.no_progress,
+                      tokenizer_from=args.tokenizer_from)
     ev = card["eval"]
     print(f"{args.out}: {card['training']['steps']} steps, held-out loss {ev['heldout_loss']:.4f}, greedy CER "
           f"AV {ev['heldout_cer_greedy_av_clean']:.3f} / audio {ev['heldout_cer_greedy_audio_clean']:.3f} / "

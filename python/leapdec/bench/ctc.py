@@ -47,9 +47,9 @@ class BigramDecoder:
     """A stand-in attention decoder: next-token log-probs from a fixed random table of the last
     token (no state)."""
 
-    def __init__(self, V, seed=0):
+    def __init__(self, V, seed=0, device="cpu"):
         gen = torch.Generator().manual_seed(seed + 1)
-        self.table = torch.log_softmax(2.0 * torch.randn(V, V, generator=gen), -1)
+        self.table = torch.log_softmax(2.0 * torch.randn(V, V, generator=gen), -1).to(device)
 
     def decoder_step(self, state, tokens):
         return self.table[tokens.long()], state
@@ -58,22 +58,22 @@ class BigramDecoder:
         return state
 
 
-def bench_step(B, T, V, beam, scorer, repeats, warmup):
+def bench_step(B, T, V, beam, scorer, repeats, warmup, device="cpu"):
     """Seconds of one scoring call (all hypotheses x pre-beam candidates), after a few tokens."""
-    lp = synthetic_log_probs(B, T, V)
+    lp = synthetic_log_probs(B, T, V).to(device)
     N, C = B * beam, int(1.5 * beam)
     gen = torch.Generator().manual_seed(1)
-    utt = torch.arange(B, dtype=torch.int32).repeat_interleave(beam)
-    cand = torch.randint(1, V, (N, C), generator=gen, dtype=torch.int32)
-    last = torch.randint(1, V, (N,), generator=gen, dtype=torch.int32)
+    utt = torch.arange(B, dtype=torch.int32).repeat_interleave(beam).to(device)
+    cand = torch.randint(1, V, (N, C), generator=gen, dtype=torch.int32).to(device)
+    last = torch.randint(1, V, (N,), generator=gen, dtype=torch.int32).to(device)
     sc = make_scorer(scorer, lp, [T] * B, 0, V - 1)
     r = sc.initial_state(utt)
-    return time_calls(lambda: sc(r, 5, last, utt, cand), "cpu", warmup=warmup, repeats=repeats)
+    return time_calls(lambda: sc(r, 5, last, utt, cand), device, warmup=warmup, repeats=repeats)
 
 
-def bench_search(B, T, V, beam, scorer, repeats, warmup):
-    lp = synthetic_log_probs(B, T, V)
-    dec = BigramDecoder(V)
+def bench_search(B, T, V, beam, scorer, repeats, warmup, device="cpu"):
+    lp = synthetic_log_probs(B, T, V).to(device)
+    dec = BigramDecoder(V, device=device)
     stats = {}
 
     def run():
@@ -82,7 +82,7 @@ def bench_search(B, T, V, beam, scorer, repeats, warmup):
                           ctc_weight=0.3, scorer=scorer, stats=stats)
         return [r.tokens for r in res], dict(stats)
 
-    (tokens, st), spread = time_runs(run, "cpu", warmup=warmup, repeats=repeats)
+    (tokens, st), spread = time_runs(run, device, warmup=warmup, repeats=repeats)
     return tokens, st, spread
 
 
@@ -106,6 +106,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="leapdec bench ctc", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small shapes")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
+    ap.add_argument("--gpu-check", action="store_true", help="gpu_check.sh's short run on CUDA")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     ap.add_argument("--beam", type=int, default=10)
     ap.add_argument("--vocab", type=int, default=30, help="characters incl. blank and eos (default: %(default)s)")
@@ -115,17 +117,21 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = writable_dir(args.out)
     torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.gpu_check else args.device)
     V, beam = args.vocab, args.beam
     shapes = [(1, 100), (2, 150)] if args.quick else [(1, 100), (1, 300), (4, 200), (8, 300)]
-    title = (f"CTC prefix scoring on cpu, {args.threads} thread(s), V={V}, beam {beam}, pre-beam "
+    if args.gpu_check:
+        shapes = [(1, 300), (8, 300), (32, 300)]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} thread(s)"
+    title = (f"CTC prefix scoring on {where}, V={V}, beam {beam}, pre-beam "
              f"{int(1.5 * beam)}; median [min-max] of {args.repeats} after {args.warmup} warm-up")
     print(title)
     md = [title, "", "One scoring step (B x beam hypotheses x pre-beam candidates):", "",
           "| B | T | op ms | ESPnet-style ms | speedup |", "|---|---|---|---|---|"]
     rows = []
     for B, T in shapes:
-        op = bench_step(B, T, V, beam, "op", args.repeats * 5, args.warmup).scaled(1e3)
-        es = bench_step(B, T, V, beam, "espnet", args.repeats * 5, args.warmup).scaled(1e3)
+        op = bench_step(B, T, V, beam, "op", args.repeats * 5, args.warmup, device).scaled(1e3)
+        es = bench_step(B, T, V, beam, "espnet", args.repeats * 5, args.warmup, device).scaled(1e3)
         rows.append(dict(kind="step", batch=B, frames=T, op_ms=op.as_dict(), espnet_ms=es.as_dict(),
                          speedup=es.median / op.median))
         print(f"step   B={B} T={T}: op {op.cell('.2f')} ms, ESPnet-style {es.cell('.2f')} ms, "
@@ -136,8 +142,8 @@ def main(argv=None) -> int:
            "speedup (CTC) | same output |", "|---|---|---|---|---|---|---|---|---|---|"]
     all_same = True
     for B, T in shapes:
-        tok_op, st_op, sp_op = bench_search(B, T, V, beam, "op", args.repeats, args.warmup)
-        tok_es, st_es, sp_es = bench_search(B, T, V, beam, "espnet", args.repeats, 0)
+        tok_op, st_op, sp_op = bench_search(B, T, V, beam, "op", args.repeats, args.warmup, device)
+        tok_es, st_es, sp_es = bench_search(B, T, V, beam, "espnet", args.repeats, 0, device)
         same = tok_op == tok_es
         all_same &= same
         rows.append(dict(kind="search", batch=B, frames=T, steps=st_op["steps"], op_s=sp_op.as_dict(),
@@ -177,10 +183,10 @@ def main(argv=None) -> int:
     ax.set_xticks(range(len(steps)), labels)
     ax.set_yscale("log")
     ax.set_ylabel("ms per scoring step")
-    ax.set_title(f"CTC prefix scoring, beam {beam}, V {V}, cpu {args.threads} thread(s)")
+    ax.set_title(f"CTC prefix scoring, beam {beam}, V {V}, {where}")
     ax.legend()
     fig.tight_layout()
-    report = dict(benchmark="ctc", device="cpu", threads=args.threads, torch=torch.__version__, vocab=V, beam=beam,
+    report = dict(benchmark="ctc", device=str(device), device_name=where, threads=args.threads, torch=torch.__version__, vocab=V, beam=beam,
                   warmup=args.warmup, repeats=args.repeats, rows=rows)
     paths = write_outputs(out, "ctc", "\n".join(md), report, fig)
     print("wrote " + ", ".join(map(str, paths)))

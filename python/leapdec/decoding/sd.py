@@ -12,17 +12,30 @@ accepted (``PagedKVCache.truncate``), so a rejected draft leaves no K/V behind.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
+from leapdec.engine.companions import load_companion
 from leapdec.engine.runner import Session, pages_for, plan_extend
 from leapdec.engine.sampling import sample_next, warp_logits
 from leapdec.engine.spec import register_method
+from leapdec.models.draft_model import WEIGHTS_FILE, DraftModel
 from leapdec.engine.speculative import Proposal, resolve_acceptance, speculative_generate
 
 _HINT = ("pass drafter= (a smaller causal leapdec model with the target's vocabulary, e.g. "
-         "leapdec.load_model(path), or its checkpoint folder)")
+         "leapdec.load_model(path), or its checkpoint folder), or train the target's own drafter: "
+         "python -m leapdec.train drafter --base <target>")
+
+
+def is_draft_companion(path) -> bool:
+    """A folder written by ``DraftModel.save`` (layers only; the target's embedding is shared)."""
+    cfg = Path(path).expanduser() / "config.json"
+    try:
+        return "draft" in json.loads(cfg.read_text()).get("leapdec", {})
+    except (OSError, ValueError):
+        return False
 
 
 def load_draft_model(model, drafter, method: str = "sd", same_device: bool = True):
@@ -30,8 +43,10 @@ def load_draft_model(model, drafter, method: str = "sd", same_device: bool = Tru
     device and dtype (``same_device``), checked against the target's vocabulary."""
     from leapdec.models import Transformer
 
-    if drafter is None:
-        raise FileNotFoundError(f"method {method!r} needs a draft model: {_HINT}")
+    if drafter is None or (isinstance(drafter, (str, Path)) and is_draft_companion(drafter)):
+        drafter = load_companion(model, "drafter", drafter, loaded_type=DraftModel, filename=WEIGHTS_FILE,
+                                 hint=f"; {_HINT}", argument="drafter",
+                                 load=lambda folder: DraftModel.load(folder, model))
     if isinstance(drafter, (str, Path)):
         from leapdec.api import load_model
         drafter = load_model(drafter, device=model.device, dtype=model.dtype)

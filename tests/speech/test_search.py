@@ -376,3 +376,15 @@ def test_cli_transcribe(tiny_model, tmp_path, capsys):
     write_wav(tmp_path / "8k.wav", torch.zeros(800), rate=8000)
     assert cli.main(["transcribe", str(tmp_path / "8k.wav"), "--model", str(ckpt)]) == 1
     assert "16000 Hz" in capsys.readouterr().err
+
+
+def test_transcribe_bad_audio_is_a_clear_error(tiny_model):
+    from leapdec.speech.data import Utterance
+    from leapdec.speech.transcribe import transcribe
+    good = noise_utterances(1)[0]
+    cases = [(torch.zeros(0), 16000, "empty"), (torch.full((8000,), float("nan")), 16000, "NaN"),
+             (good.audio, 8000, "16000 Hz")]
+    for audio, rate, message in cases:
+        bad = Utterance(audio=audio, video=good.video, text="", sample_rate=rate)
+        with pytest.raises(ValueError, match=message):
+            transcribe(tiny_model, [good, bad], modality="audio")

@@ -48,6 +48,14 @@ def test_lookup_and_sd_on_cuda_equal_ar():
     ar = generate(model, PROMPTS, method="ar", max_new_tokens=30, stop_tokens=[])
     assert generate(model, PROMPTS, method="lookup", max_new_tokens=30, stop_tokens=[]).tokens == ar.tokens
     assert generate(model, PROMPTS, method="sd", drafter=draft, max_new_tokens=30, stop_tokens=[]).tokens == ar.tokens
+    # PEARL: the draft model on its own CUDA stream (a second thread) and in a second process
+    for parallel in ("thread", "process", "none"):
+        out = generate(model, PROMPTS, method="pearl", drafter=draft, parallel=parallel, max_new_tokens=30,
+                       stop_tokens=[])
+        assert out.tokens == ar.tokens, parallel
+    kw = dict(method="pearl", drafter=draft, max_new_tokens=12, temperature=1.0, seed=3, stop_tokens=[])
+    assert (generate(model, PROMPTS, parallel="thread", **kw).tokens
+            == generate(model, PROMPTS, parallel="none", **kw).tokens)
 
 
 @pytest.mark.parametrize("cache", ["prefix", "dual"])

@@ -15,6 +15,7 @@ BENCHMARKS = {
     "diffusion": "LLaDA / Fast-dLLM / Learn2PD / EoTP / ReDiff on stdlib-mdm: model calls and quality",
     "wedlm": "WeDLM entropy-threshold sweep on stdlib-wedlm vs our AR engine",
     "steps": "where a decoding step's time goes per method (forwards, matmuls, leapdec ops, Python), batch 1",
+    "pearl": "PEARL (inline, thread, two processes) vs sd with the same drafter and our AR engine",
     "ctc": "ctc_prefix_score op vs the ESPnet-style PyTorch CTC prefix scorer: one step and the joint beam search",
 }
 

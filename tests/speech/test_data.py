@@ -139,6 +139,13 @@ def test_check_audio():
 
 
 def test_missing_espeak_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(data.ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError("not found")))
+    from leapdec.speech import espeak
+
+    def no_library(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(espeak.ctypes, "CDLL", no_library)
+    monkeypatch.setattr(data, "_engine", None)
+    assert not data.espeak_available()
     with pytest.raises(data.EspeakNotFound, match="apt-get install -y espeak-ng"):
-        data._Espeak()
+        data.synthesize("hello there")

@@ -17,13 +17,9 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import json
 import math
-import os
-import pickle
 import re
 import threading
 from dataclasses import dataclass, field
@@ -31,130 +27,44 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from leapdec.speech.espeak import ESPEAK_RATE, INSTALL_HINT, EspeakNotFound, Synthesizer, load_library
+
 SAMPLE_RATE = 16_000
 FPS = 25
 FRAME_SIZE = 24                 # video frames are FRAME_SIZE x FRAME_SIZE
-ESPEAK_RATE = 22_050
 VOICES = ("en-us", "en", "en-us+m3", "en+f2", "en-us+f4", "en+m7")
 SPEEDS = (140, 190)             # words per minute, drawn uniformly
 TARGET_RMS = 0.1
-INSTALL_HINT = "install it with: apt-get install -y espeak-ng  (Debian/Ubuntu; brew install espeak-ng on macOS)"
 
 # ----------------------------------------------------------------------------- espeak-ng
 
-_EVENT_END, _EVENT_WORD, _EVENT_PHONEME = 0, 1, 7
-_lock = threading.Lock()
-_engine = None
+_engine: Synthesizer | None = None
 
 
-class _EventId(ctypes.Union):
-    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+def _get_engine() -> Synthesizer:
+    global _engine
+    if _engine is None:
+        load_library()                 # EspeakNotFound (with the install hint) when it is missing
+        _engine = Synthesizer()
+    return _engine
 
 
-class _Event(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
-                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
-                ("user_data", ctypes.c_void_p), ("id", _EventId)]
-
-
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
-
-
-class EspeakNotFound(RuntimeError):
-    """espeak-ng (its shared library) is not installed."""
-
-
-class _Espeak:
-    """The espeak-ng library in synchronous mode with phoneme events; one call at a time."""
-
-    def __init__(self):
-        name = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
-        try:
-            self.lib = ctypes.CDLL(name)
-        except OSError as e:
-            raise EspeakNotFound(f"espeak-ng is not installed (no {name}): {INSTALL_HINT}") from e
-        # AUDIO_OUTPUT_SYNCHRONOUS = 2, espeakINITIALIZE_PHONEME_EVENTS = 1
-        rate = self.lib.espeak_Initialize(2, 0, None, 1)
-        if rate != ESPEAK_RATE:
-            raise EspeakNotFound(f"espeak-ng failed to initialise (returned {rate}; its data files may be "
-                                 f"missing): {INSTALL_HINT}")
-        self._chunks: list[np.ndarray] = []
-        self._events: list[tuple[str, int]] = []
-        self._cb = _CALLBACK(self._on_audio)
-        self.lib.espeak_SetSynthCallback(self._cb)
-
-    def _on_audio(self, wav, n, events):
-        if n > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        i = 0
-        while events[i].type != _EVENT_END:
-            e = events[i]
-            if e.type == _EVENT_PHONEME:
-                self._events.append((e.id.string.decode("ascii", "replace"), int(e.sample)))
-            i += 1
-        return 0
-
-    def synth(self, text: str, voice: str, speed: int, pitch: int) -> tuple[np.ndarray, list[tuple[str, int]]]:
-        """int16 samples at 22.05 kHz and ``(phoneme, start sample)`` events."""
-        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ValueError(f"voice: espeak-ng has no voice {voice!r} (try one of {', '.join(VOICES)})")
-        self.lib.espeak_SetParameter(1, int(speed), 0)     # espeakRATE
-        self.lib.espeak_SetParameter(3, int(pitch), 0)     # espeakPITCH
-        self._chunks, self._events = [], []
-        data = text.encode("utf-8") + b"\0"
-        # position 0, POS_CHARACTER = 1, end 0, espeakCHARS_UTF8 = 1
-        status = self.lib.espeak_Synth(data, len(data), 0, 1, 0, 1, None, None)
-        if status != 0:
-            raise RuntimeError(f"espeak-ng failed to synthesise {text!r} (status {status})")
-        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-        return audio, list(self._events)
-
-
-def _synth(text: str, voice: str, speed: int, pitch: int):
-    """``_Espeak.synth`` in a forked child of this process, where espeak-ng's state is always the
-    freshly initialised one: espeak-ng carries state from one synthesis to the next (its pitch
-    flutter), so the same call in the same process can differ by a few samples. Where ``fork``
-    does not exist the synthesis runs here (equal up to that flutter)."""
-    engine = _get_engine()
-    if not hasattr(os, "fork"):
-        return engine.synth(text, voice, speed, pitch)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:                                   # the child: synthesise, send, exit
-        os.close(read_fd)
-        try:
-            payload = pickle.dumps(engine.synth(text, voice, speed, pitch))
-        except BaseException as e:  # noqa: BLE001 - sent to the parent, which raises it
-            payload = pickle.dumps(e)
-        with os.fdopen(write_fd, "wb") as f:
-            f.write(payload)
-        os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as f:
-        payload = f.read()
-    os.waitpid(pid, 0)
-    if not payload:
-        raise RuntimeError(f"espeak-ng's synthesis process failed for {text!r}")
-    result = pickle.loads(payload)
-    if isinstance(result, BaseException):
-        raise result
-    return result
+def _synth(text: str, voice: str, speed: int, pitch: int) -> tuple[np.ndarray, list[tuple[str, int]]]:
+    """int16 samples at 22.05 kHz and ``(phoneme, start sample)`` events, exactly reproducible."""
+    try:
+        raw, events = _get_engine().synth(text, voice, speed, pitch)
+    except ValueError as e:
+        raise ValueError(f"{e} (voices used in training: {', '.join(VOICES)})") from None
+    return np.frombuffer(raw, dtype="<i2").copy(), events
 
 
 def espeak_available() -> bool:
     """Whether espeak-ng's library can be loaded here."""
     try:
-        _get_engine()
+        load_library()
         return True
     except EspeakNotFound:
         return False
-
-
-def _get_engine() -> _Espeak:
-    global _engine
-    if _engine is None:
-        _engine = _Espeak()
-    return _engine
 
 
 # ----------------------------------------------------------------------------- audio helpers
@@ -411,8 +321,7 @@ def synthesize(text: str, voice: str | None = None, snr_db: float | None = None,
     if not 80 <= speed <= 450:
         raise ValueError(f"speed must be 80..450 words per minute, got {speed}")
     pitch = int(rng.integers(35, 66))
-    with _lock:
-        raw, events = _synth(text, voice, speed, pitch)
+    raw, events = _synth(text, voice, speed, pitch)
     if raw.size == 0:
         raise ValueError(f"text: espeak-ng produced no audio for {text!r}")
     audio = resample(raw.astype(np.float32) / 32768.0, ESPEAK_RATE, SAMPLE_RATE)

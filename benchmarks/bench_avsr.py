@@ -1,0 +1,128 @@
+"""Character error rate of the AV speech recognisers on held-out sentences (each with a word never
+seen in training): audio / video / AV streams x clean / 10 / 0 / -5 dB speech-shaped noise x
+decoding method, for the pretrained zoo model and its no-pretraining ablation.
+
+    python benchmarks/bench_avsr.py [--models espeak-avsr espeak-avsr-nopretrain] [--utterances 100]
+        [--methods ctc_greedy ctc_prefix attention ctc_attention] [--beam 10] [--ctc-weight 0.3]
+        [--json rows.json] [--markdown table.md]
+
+Utterance i is held-out sentence i synthesised with the seed the recipe used for its held-out set
+(``leapdec.train.avsr.heldout_seed``); noise at each SNR is drawn with seed i, so every model,
+method and stream sees the same signals. Video does not depend on the SNR, so video-only rows are
+decoded once and shown under "clean".
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import leapdec.speech as speech
+from leapdec.speech import data
+from leapdec.speech.metrics import char_error_rate
+from leapdec.train.avsr import heldout_seed
+
+SNRS = ("clean", "10", "0", "-5")
+MODALITIES = ("av", "audio", "video")
+
+
+def heldout_utterances(n: int) -> list:
+    held = data.sentence_splits()["heldout"]
+    return [data.synthesize(held[i], seed=heldout_seed(i)) for i in tqdm(range(n), desc="held-out utterances")]
+
+
+def with_noise(utts, snr: str) -> list:
+    if snr == "clean":
+        return utts
+    return [data.Utterance(data.add_noise(u.audio, float(snr), seed=i), u.video, u.text, u.voice, u.speed,
+                           float(snr), u.phonemes) for i, u in enumerate(utts)]
+
+
+def score(model, utts, method, modality, batch, beam, ctc_weight) -> dict:
+    hyps, wall, steps = [], 0.0, 0
+    for c in range(0, len(utts), batch):
+        out = speech.transcribe(model, utts[c:c + batch], method=method, modality=modality, beam=beam,
+                                ctc_weight=ctc_weight)
+        hyps += out.texts
+        wall += out.stats["wall_s"]
+    return {"cer": char_error_rate([u.text for u in utts], hyps), "wall_s": wall,
+            "examples": [[u.text, h] for u, h in zip(utts[:3], hyps[:3])]}
+
+
+def markdown(rows, models, methods) -> str:
+    lines = []
+    for name in models:
+        lines += [f"**{name}** (CER %, lower is better)", "",
+                  "| method | streams | " + " | ".join(s if s == "clean" else f"{s} dB" for s in SNRS) + " |",
+                  "|---|---|" + "---|" * len(SNRS)]
+        for method in methods:
+            for modality in MODALITIES:
+                cells = []
+                for snr in SNRS:
+                    r = next((r for r in rows if r["model"] == name and r["method"] == method
+                              and r["modality"] == modality and r["snr"] == snr), None)
+                    cells.append("" if r is None else f"{100 * r['cer']:.1f}")
+                lines.append(f"| {method} | {modality} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["espeak-avsr", "espeak-avsr-nopretrain"])
+    parser.add_argument("--utterances", type=int, default=100)
+    parser.add_argument("--methods", nargs="+", default=["ctc_greedy", "ctc_prefix", "attention", "ctc_attention"],
+                        choices=list(speech.METHODS))
+    parser.add_argument("--snrs", nargs="+", default=list(SNRS), choices=list(SNRS))
+    parser.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=list(MODALITIES))
+    parser.add_argument("--beam", type=int, default=10)
+    parser.add_argument("--ctc-weight", type=float, default=0.3)
+    parser.add_argument("--batch", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--markdown", help="write the tables here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not data.espeak_available():
+        parser.error(f"espeak-ng is not installed: {data.INSTALL_HINT}")
+    start = time.perf_counter()
+    utts = heldout_utterances(args.utterances)
+    noisy = {snr: with_noise(utts, snr) for snr in args.snrs}
+    rows = []
+    jobs = [(name, method, modality, snr) for name in args.models for method in args.methods
+            for modality in args.modalities for snr in args.snrs if modality != "video" or snr == "clean"]
+    models = {name: speech.load(name) for name in args.models}
+    for name, method, modality, snr in tqdm(jobs, desc="conditions"):
+        r = score(models[name], noisy[snr], method, modality, args.batch, args.beam, args.ctc_weight)
+        rows.append({"model": name, "method": method, "modality": modality, "snr": snr, **r})
+        tqdm.write(f"{name:24s} {method:14s} {modality:5s} {snr:>5s}  CER {100 * r['cer']:5.1f} %  "
+                   f"({r['wall_s']:.1f} s)")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        commit = ""
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": platform.processor() or platform.machine(), "threads": args.threads, "commit": commit,
+            "utterances": args.utterances, "beam": args.beam, "ctc_weight": args.ctc_weight,
+            "wall_s": time.perf_counter() - start}
+    table = markdown(rows, args.models, args.methods)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

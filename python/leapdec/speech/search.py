@@ -186,27 +186,23 @@ def beam_search(frame_lens, ctc_log_probs=None, decoder=None, decoder_state=None
 
         # per utterance (rows are grouped by utterance, in order): the beam best (row, candidate)
         # pairs, by one top-k over the utterances' padded rows
-        counts = {}
-        for u in utt:
-            counts[u] = counts.get(u, 0) + 1
-        group_sizes = list(counts.values())
-        most = max(group_sizes)
-        group = torch.repeat_interleave(torch.arange(len(group_sizes), device=device),
-                                        torch.tensor(group_sizes, device=device))
-        first = torch.tensor([0] + group_sizes[:-1], device=device).cumsum(0)
-        within = torch.arange(n_rows, device=device) - first[group]
-        padded = torch.full((len(group_sizes), most, n_cand), -math.inf, dtype=total.dtype, device=device)
-        padded[group, within] = total
-        top = padded.view(len(group_sizes), -1).topk(min(beam, most * n_cand), dim=1)
-        top_rows = (first[:, None] + top.indices // n_cand).tolist()
-        top_cols = (top.indices % n_cand).tolist()
+        firsts, group, within = [], [], []
+        for i, u in enumerate(utt):
+            if i == 0 or u != utt[i - 1]:
+                firsts.append(i)
+            group.append(len(firsts) - 1)
+            within.append(i - firsts[-1])
+        most = max(within) + 1
+        padded = torch.full((len(firsts), most, n_cand), -math.inf, dtype=total.dtype, device=device)
+        padded[torch.tensor(group, device=device), torch.tensor(within, device=device)] = total
+        top = padded.view(len(firsts), -1).topk(min(beam, most * n_cand), dim=1)
         new_rows, new_cols, new_scores = [], [], []
-        for vals, rows, cols in zip(top.values.tolist(), top_rows, top_cols):
-            for v, row, col in zip(vals, rows, cols):
+        for g, (vals, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+            for v, j in zip(vals, idx):
                 if v == -math.inf:
                     break
-                new_rows.append(row)
-                new_cols.append(col)
+                new_rows.append(firsts[g] + j // n_cand)
+                new_cols.append(j % n_cand)
                 new_scores.append(v)
         cand_list = cand.tolist()
         keep_src, keep_cols, next_toks, next_utt, next_scores = [], [], [], [], []
@@ -226,7 +222,7 @@ def beam_search(frame_lens, ctc_log_probs=None, decoder=None, decoder_state=None
         # utterances that stop here
         finished = set()
         still_running = set(next_utt)
-        for u in counts:
+        for u in dict.fromkeys(utt):
             steps[u] = step + 1
             if u not in still_running or step >= maxlen[u] - 1 or (end_detection and end_detect(ended[u], step)):
                 finished.add(u)

@@ -153,7 +153,8 @@ def main(argv=None) -> int:
         print(f"search B={B} T={T}: {st_op['steps']} steps, op {sp_op.cell('.3f')} s (CTC {st_op['ctc_s']:.3f}), "
               f"ESPnet-style {sp_es.cell('.3f')} s (CTC {st_es['ctc_s']:.3f}), {sp_es.median / sp_op.median:.1f}x, "
               f"same output {same}")
-        md.append(f"| {B} | {T} | {st_op['steps']} | {sp_op.cell('.3f')} | {st_op['ctc_s']:.3f} | {sp_es.cell('.3f')} | "
+        md.append(f"| {B} | {T} | {st_op['steps']} | {sp_op.cell('.3f')} | {st_op['ctc_s']:.3f} | "
+                  f"{sp_es.cell('.3f')} | "
                   f"{st_es['ctc_s']:.3f} | {sp_es.median / sp_op.median:.1f}x | "
                   f"{st_es['ctc_s'] / st_op['ctc_s']:.1f}x | {same} |")
     if args.model:
@@ -177,7 +178,8 @@ def main(argv=None) -> int:
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [r for r in rows if r["kind"] == "step"]
     labels = [f"B{r['batch']} T{r['frames']}" for r in steps]
-    ax.bar([i - 0.2 for i in range(len(steps))], [r["op_ms"]["median"] for r in steps], 0.4, label="ctc_prefix_score op")
+    ax.bar([i - 0.2 for i in range(len(steps))], [r["op_ms"]["median"] for r in steps], 0.4,
+           label="ctc_prefix_score op")
     ax.bar([i + 0.2 for i in range(len(steps))], [r["espnet_ms"]["median"] for r in steps], 0.4,
            label="ESPnet-style PyTorch")
     ax.set_xticks(range(len(steps)), labels)
@@ -186,7 +188,8 @@ def main(argv=None) -> int:
     ax.set_title(f"CTC prefix scoring, beam {beam}, V {V}, {where}")
     ax.legend()
     fig.tight_layout()
-    report = dict(benchmark="ctc", device=str(device), device_name=where, threads=args.threads, torch=torch.__version__, vocab=V, beam=beam,
+    report = dict(benchmark="ctc", device=str(device), device_name=where, threads=args.threads,
+                  torch=torch.__version__, vocab=V, beam=beam,
                   warmup=args.warmup, repeats=args.repeats, rows=rows)
     paths = write_outputs(out, "ctc", "\n".join(md), report, fig)
     print("wrote " + ", ".join(map(str, paths)))

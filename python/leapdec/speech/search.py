@@ -104,6 +104,32 @@ def end_detect(ended: list[Hypothesis], step: int) -> bool:
     return count == END_DETECT_M
 
 
+def top_per_utterance(total: torch.Tensor, utt: list[int], beam: int):
+    """The ``beam`` best (row, column) pairs of ``total [N, C]`` per utterance (rows grouped by
+    utterance, in order; -inf entries never taken), best first: ``(rows, cols, scores)`` lists,
+    from one top-k over the utterances' rows padded to the same count."""
+    n_cand = total.shape[1]
+    firsts, group, within = [], [], []
+    for i, u in enumerate(utt):
+        if i == 0 or u != utt[i - 1]:
+            firsts.append(i)
+        group.append(len(firsts) - 1)
+        within.append(i - firsts[-1])
+    most = max(within) + 1
+    padded = torch.full((len(firsts), most, n_cand), -math.inf, dtype=total.dtype, device=total.device)
+    padded[torch.tensor(group, device=total.device), torch.tensor(within, device=total.device)] = total
+    top = padded.view(len(firsts), -1).topk(min(beam, most * n_cand), dim=1)
+    rows, cols, scores = [], [], []
+    for g, (vals, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+        for v, j in zip(vals, idx):
+            if v == -math.inf:
+                break
+            rows.append(firsts[g] + j // n_cand)
+            cols.append(j % n_cand)
+            scores.append(v)
+    return rows, cols, scores
+
+
 def beam_search(frame_lens, ctc_log_probs=None, decoder=None, decoder_state=None, *, sos: int, eos: int,
                 blank: int = 0, beam: int = 10, ctc_weight: float = 0.3, penalty: float = 0.0,
                 pre_beam_ratio: float = 1.5, max_len: int | None = None, nbest: int = 1,
@@ -143,7 +169,6 @@ def beam_search(frame_lens, ctc_log_probs=None, decoder=None, decoder_state=None
     toks: list[list[int]] = [[] for _ in range(B)]
     utt = list(range(B))
     score = torch.zeros(B, dtype=torch.float32, device=device)
-    ctc = None
     if use_ctc:
         ctc = make_scorer(scorer, ctc_log_probs, lens, blank, eos)
         r = ctc.initial_state(torch.arange(B, dtype=torch.int32, device=device))
@@ -184,26 +209,8 @@ def beam_search(frame_lens, ctc_log_probs=None, decoder=None, decoder_state=None
         total = (cand_score + score[:, None]).masked_fill(cand == blank, -math.inf)  # blank is no output
         n_cand = cand.shape[1]
 
-        # per utterance (rows are grouped by utterance, in order): the beam best (row, candidate)
-        # pairs, by one top-k over the utterances' padded rows
-        firsts, group, within = [], [], []
-        for i, u in enumerate(utt):
-            if i == 0 or u != utt[i - 1]:
-                firsts.append(i)
-            group.append(len(firsts) - 1)
-            within.append(i - firsts[-1])
-        most = max(within) + 1
-        padded = torch.full((len(firsts), most, n_cand), -math.inf, dtype=total.dtype, device=device)
-        padded[torch.tensor(group, device=device), torch.tensor(within, device=device)] = total
-        top = padded.view(len(firsts), -1).topk(min(beam, most * n_cand), dim=1)
-        new_rows, new_cols, new_scores = [], [], []
-        for g, (vals, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
-            for v, j in zip(vals, idx):
-                if v == -math.inf:
-                    break
-                new_rows.append(firsts[g] + j // n_cand)
-                new_cols.append(j % n_cand)
-                new_scores.append(v)
+
+        new_rows, new_cols, new_scores = top_per_utterance(total, utt, beam)
         cand_list = cand.tolist()
         keep_src, keep_cols, next_toks, next_utt, next_scores = [], [], [], [], []
         for src, col, sc in zip(new_rows, new_cols, new_scores):

@@ -388,3 +388,15 @@ def test_transcribe_bad_audio_is_a_clear_error(tiny_model):
         bad = Utterance(audio=audio, video=good.video, text="", sample_rate=rate)
         with pytest.raises(ValueError, match=message):
             transcribe(tiny_model, [good, bad], modality="audio")
+
+
+def test_bench_ctc_runs(tmp_path):
+    """`leapdec bench ctc` on a small shape: both scorers, same hypotheses, outputs written."""
+    import json
+
+    from leapdec.bench.ctc import main
+    assert main(["--shapes", "2x30", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "ctc.json").read_text())
+    kinds = [r["kind"] for r in report["rows"]]
+    assert kinds == ["step", "search"] and report["rows"][1]["same_output"]
+    assert (tmp_path / "ctc.md").is_file() and (tmp_path / "ctc.png").stat().st_size > 0

@@ -108,6 +108,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small shapes")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
     ap.add_argument("--gpu-check", action="store_true", help="gpu_check.sh's short run on CUDA")
+    ap.add_argument("--shapes", default=None, help="utterances x frames to run, e.g. 1x100,8x300")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     ap.add_argument("--beam", type=int, default=10)
     ap.add_argument("--vocab", type=int, default=30, help="characters incl. blank and eos (default: %(default)s)")
@@ -122,6 +123,8 @@ def main(argv=None) -> int:
     shapes = [(1, 100), (2, 150)] if args.quick else [(1, 100), (1, 300), (4, 200), (8, 300)]
     if args.gpu_check:
         shapes = [(1, 300), (8, 300), (32, 300)]
+    if args.shapes:
+        shapes = [tuple(int(x) for x in item.split("x")) for item in args.shapes.split(",")]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} thread(s)"
     title = (f"CTC prefix scoring on {where}, V={V}, beam {beam}, pre-beam "
              f"{int(1.5 * beam)}; median [min-max] of {args.repeats} after {args.warmup} warm-up")

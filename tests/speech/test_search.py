@@ -400,3 +400,14 @@ def test_bench_ctc_runs(tmp_path):
     kinds = [r["kind"] for r in report["rows"]]
     assert kinds == ["step", "search"] and report["rows"][1]["same_output"]
     assert (tmp_path / "ctc.md").is_file() and (tmp_path / "ctc.png").stat().st_size > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("scorer", ["op", "espnet"])
+def test_search_on_cuda_equals_cpu(scorer):
+    lp, lens = ctc_inputs(3, 40, 7, lens=[40, 23, 31])
+    kw = dict(ctc_weight=0.3, penalty=0.2, nbest=2, beam=5)
+    cpu = search(lp, lens, FakeDecoder(7), scorer="op", **kw)
+    gpu = search(lp.cuda(), lens, FakeDecoder(7), scorer=scorer, **kw)
+    assert_same_results(cpu, gpu)

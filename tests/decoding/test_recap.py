@@ -6,7 +6,7 @@ batches; bad options; the text part of benchmarks/bench_recap.py."""
 import pytest
 import torch
 
-from leapdec.decoding import generate
+from leapdec.decoding import generate, stream_generate
 from leapdec.decoding.llada import DiffusionSettings
 from leapdec.decoding.recap import RecapDecoder, is_full_step
 from leapdec.evaluate import token_agreement
@@ -110,6 +110,20 @@ def test_rows_decode_the_same_in_any_batch():
     kw = dict(KW, temperature=0.8, policy="threshold", threshold=0.5)
     alone = generate(model, [PROMPTS[1]], method="recap", seed=[11], **kw).tokens[0]
     assert generate(model, PROMPTS, method="recap", seed=[5, 11, 7], **kw).tokens[1] == alone
+
+
+def test_stream_generate_yields_the_decoded_tokens():
+    model = mdm(seed=1)
+    gen = stream_generate(model, PROMPTS, method="recap", **KW)
+    pieces = [[] for _ in PROMPTS]
+    while True:
+        try:
+            for row, new in zip(pieces, next(gen)):
+                row += new
+        except StopIteration as stop:
+            out = stop.value
+            break
+    assert pieces == out.tokens == generate(model, PROMPTS, method="recap", **KW).tokens
 
 
 @pytest.mark.parametrize("option, value, match", [

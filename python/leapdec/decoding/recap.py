@@ -35,9 +35,6 @@ from leapdec.decoding.base import GenerationOutput, register_method, stop_token_
 from leapdec.decoding.llada import DiffusionDecoder, DiffusionSettings
 from leapdec.models.transformer import StepInput
 
-SCHEDULE_OPTIONS = ("pre_full", "local_steps")
-
-
 def is_full_step(step: int, pre_full: int, local_steps: int) -> bool:
     """ReCAP's schedule: ``pre_full`` full steps first, then one full step before every
     ``local_steps`` local steps."""

@@ -35,6 +35,7 @@ from leapdec.decoding.base import GenerationOutput, register_method, stop_token_
 from leapdec.decoding.llada import DiffusionDecoder, DiffusionSettings
 from leapdec.models.transformer import StepInput
 
+
 def is_full_step(step: int, pre_full: int, local_steps: int) -> bool:
     """ReCAP's schedule: ``pre_full`` full steps first, then one full step before every
     ``local_steps`` local steps."""

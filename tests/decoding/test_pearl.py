@@ -136,3 +136,19 @@ def test_errors(pair):
         generate(target, PROMPTS, method="pearl", drafter=draft, draft_device="cpu")
     with pytest.raises(ValueError, match="vocabulary"):
         generate(target, PROMPTS, method="pearl", drafter=tiny_model("llama", vocab_size=50))
+
+
+def test_zoo_drafter_on_held_out_prompts():
+    """stdlib-ar's drafter/ companion (python -m leapdec.train drafter): sd and pearl on held-out
+    function prompts are identical to AR and commit several tokens per target call."""
+    import leapdec
+    from leapdec.train.corpus import eval_prompts
+
+    model = leapdec.load_model("stdlib-ar")
+    tok = leapdec.load_tokenizer("stdlib-ar")
+    prompts = [tok.encode(p.prompt).ids for p in eval_prompts(2, seed=3)]
+    ar = generate(model, prompts, method="ar", max_new_tokens=48)
+    for method in ("sd", "pearl"):
+        out = generate(model, prompts, method=method, max_new_tokens=48)
+        assert out.tokens == ar.tokens, method
+        assert out.stats["tokens_per_call"] > 1.5, (method, out.stats["tokens_per_call"])

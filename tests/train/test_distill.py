@@ -66,3 +66,62 @@ def test_bad_arguments():
         distill.answers("stdlib-ar", 0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         distill.answers("stdlib-ar", 2, max_new_tokens=0)
+
+
+def test_hidden_states_and_the_recipes_targets(base, tmp_path, monkeypatch):
+    import torch
+
+    from leapdec.train import falcon, medusa
+
+    model, tok = base
+    monkeypatch.setenv("LEAPDEC_CACHE_DIR", str(tmp_path))
+    pairs = distill.answers("stdlib-ar", 3, "heldout", max_new_tokens=12, batch=3, model=model, tokenizer=tok,
+                            progress=False, cache=False)
+    data = distill.hidden_states("stdlib-ar", pairs, model, progress=False)
+    offsets = data["offsets"].tolist()
+    for i, (p, a) in enumerate(pairs):
+        seq = torch.tensor([p + a])
+        assert data["tokens"][offsets[i]:offsets[i + 1]].tolist() == p + a
+        h = model.hidden(seq)[0]
+        torch.testing.assert_close(data["hidden"][offsets[i]:offsets[i + 1]].float(), h, atol=2e-3, rtol=2e-3)
+        assert data["greedy"][offsets[i]:offsets[i + 1]].tolist() == model.lm_head(h).argmax(-1).tolist()
+    again = distill.hidden_states("stdlib-ar", pairs, progress=False)          # cached: no model needed
+    assert torch.equal(again["hidden"], data["hidden"])
+
+    # Medusa: head i's target at answer position t is the token t + i + 2
+    hidden, targets = medusa.distilled_targets(data, 2)
+    p, a = pairs[0]
+    seq = p + a
+    assert targets[0].tolist() == [seq[len(p) + 1], seq[len(p) + 2]]
+    torch.testing.assert_close(hidden[0], data["hidden"][len(p) - 1].float())
+
+    # Falcon: a window of the precomputed stream matches make_targets on the same tokens (a window
+    # starting later keeps the features of its full context, which make_targets cannot see)
+    k, t = 2, 8
+    starts = torch.tensor([0])
+    got = falcon.stream_targets(data, starts, t, k, "cpu")
+    windows = torch.stack([data["tokens"][s:s + t + 1] for s in starts.tolist()])
+    want = falcon.make_targets(model, windows, k)
+    for key in ("input_ids", "glance_ids", "loss_mask"):
+        assert torch.equal(got[key], want[key]), key
+    assert torch.equal(got["labels"][got["loss_mask"]], want["labels"][want["loss_mask"]])
+    torch.testing.assert_close(got["features"], want["features"], atol=2e-3, rtol=2e-3)
+
+
+def test_frequent_tokens_rank_answers_and_keep_stop_tokens(base):
+    model, tok = base
+    pairs = [([1], [7, 7, 7, 9, 9, 11]), ([2], [9, 7])]
+    ids = distill.frequent_tokens("stdlib-ar", 3, pairs, tok, corpus_bytes=0, always=[0])
+    assert ids == [0, 7, 9]
+    assert distill.coverage(ids, pairs) == 7 / 8
+    with pytest.raises(ValueError, match="size"):
+        distill.frequent_tokens("stdlib-ar", 0, pairs, tok)
+
+
+def test_gguf_models_default_to_the_smollm2_presets():
+    from leapdec.train import falcon, medusa
+
+    for recipe in (medusa, falcon):
+        assert recipe.default_preset("smollm2-135m-instruct") == "smollm2"
+        assert recipe.default_preset("stdlib-ar") == "default"
+        assert recipe.PRESETS["smollm2"].data == "distill" and recipe.PRESETS["smollm2"].draft_vocab

@@ -43,7 +43,7 @@ from leapdec.decoding import generate
 from leapdec.models.heads import CONFIG_FILE, WEIGHTS_FILE, MedusaHeads
 from leapdec.paths import writable_dir
 from leapdec.train import cards, corpus, distill
-from leapdec.train.budget import add_budget_arguments, budget_command_args
+from leapdec.train.budget import add_budget_arguments, budget_command_args, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
 from leapdec.decoding.medusa import MAX_AUTO_NODES, NODE_COST, expected_accept_lengths
 
@@ -87,7 +87,7 @@ PRESETS = {
                       prompt_len=64, gen_len=96, gen_batch=64, batch_size=256, lr=2e-3,
                       steps=1200),                 # shared-LM-head heads: 600 -> 1200 steps (top-1 +2-3 points)
     # SmolLM2-135M-Instruct: the self-distilled chat answers, heads on an 8k-token draft vocabulary
-    "smollm2": Preset(num_heads=4, num_layers=1, num_prompts=1000, heldout_prompts=82, prompt_len=0,
+    "smollm2": Preset(num_heads=4, num_layers=1, num_prompts=336, heldout_prompts=48, prompt_len=0,
                       gen_len=128, gen_batch=16, batch_size=256, lr=2e-3, steps=2000, warmup=30,
                       eval_prompts=4, eval_new_tokens=64, eval_every=200, data="distill", draft_vocab=8192),
 }
@@ -301,13 +301,6 @@ def _history_entry(step: int, p: Preset, seconds: float, ema, ev: dict) -> dict:
             "heldout_loss_per_head": ev["loss_per_head"], "top1_accuracy": ev["top1_accuracy"]}
 
 
-def _lr_at(p: Preset, step: int, total: int) -> float:
-    if step < p.warmup:
-        return p.lr * (step + 1) / p.warmup
-    frac = min(1.0, (step - p.warmup) / max(1, total - p.warmup))
-    return p.lr * (p.min_lr_ratio + (1 - p.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
 def command_line(base, preset, out_dir, steps, seconds, device, seed, threads) -> str:
     args = ["python", "-m", "leapdec.train", "medusa", "--base", str(base), "--preset", preset]
     if out_dir is not None:
@@ -396,8 +389,10 @@ def train_medusa(base="stdlib-ar", preset: str | None = None, out_dir=None, step
     while step < budget:
         if seconds is not None and time.perf_counter() - train_start >= seconds:
             break
+        # the cosine follows whichever budget is spent faster (steps, or seconds when given)
+        frac = step / budget if seconds is None else max(step / budget, (time.perf_counter() - train_start) / seconds)
         for group in opt.param_groups:
-            group["lr"] = _lr_at(p, step, budget)
+            group["lr"] = cosine_lr(p.lr, p.warmup, p.min_lr_ratio, step, frac)
         idx = torch.randint(0, train_h.shape[0], (p.batch_size,), generator=gen)
         loss, _ = heads_loss(heads, train_h[idx].to(device), train_t[idx].to(device))
         opt.zero_grad(set_to_none=True)
@@ -451,7 +446,8 @@ def train_medusa(base="stdlib-ar", preset: str | None = None, out_dir=None, step
         "recipe": {**dataclasses.asdict(p), "preset": preset, "seed": seed,
                    "steps_budget": budget, "seconds_budget": seconds,
                    "optimizer": "AdamW(betas=(0.9, 0.95))",
-                   "schedule": "linear warmup, cosine to min_lr_ratio over the step budget",
+                   "schedule": "linear warmup, cosine to min_lr_ratio over the step budget "
+                               "(or the seconds budget when that is spent first)",
                    "loss": f"sum_i {LOSS_DECAY}^i * CE(head i, token t+i+2)",
                    "init": "ResBlock weight zero, bias default; output layer = base lm_head"},
         "corpus": {"base_model": str(base),

@@ -141,16 +141,24 @@ def main(argv=None):
     ap.add_argument("--methods", default=None,
                     help=f"comma-separated, from {', '.join(leapdec.methods())} (default: all)")
     ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 (128 with --model)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="few prompts, short outputs (CPU)")
     ap.add_argument("--floor", action="store_true", help="AR engine vs the weight-streaming floor")
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--gpu-check", action="store_true", help="the short run of benchmarks/gpu_check.sh")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU timings)")
+    ap.add_argument("--model", default="stdlib-ar",
+                    help="a GGUF zoo chat model (smollm2-135m-instruct): its AR-side methods against our AR "
+                         "engine on held-out chat requests (leapdec.bench.decode_chat)")
+    ap.add_argument("--batches", default="1,8", help="--model: batch sizes (default: %(default)s)")
     add_output_arguments(ap, default_repeats=3)
     args = ap.parse_args(argv)
     out = writable_dir(args.out)          # before any work: a bad --out fails now, not at the end
+    if args.model != "stdlib-ar":
+        return _chat_model_main(args, out)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 64
     if args.quick:
         args.prompts, args.max_new_tokens = 3, 32
         args.repeats = min(args.repeats, 2)
@@ -201,6 +209,28 @@ def main(argv=None):
     paths = write_outputs(out, "decode", table, report)
     save_results(results, png_path=str(out / "decode.png"))
     print("wrote " + ", ".join(map(str, paths + [out / "decode.png"])))
+    return 0
+
+
+def _chat_model_main(args, out) -> int:
+    """``--model NAME``: leapdec.bench.decode_chat's interleaved rows, written as decode_<name>.md/json."""
+    from leapdec import zoo
+    from leapdec.bench import decode_chat
+
+    if args.model not in zoo.GGUF_MODELS:
+        raise SystemExit(f"--model: {args.model!r} is not a GGUF zoo chat model ({', '.join(zoo.GGUF_MODELS)})")
+    methods = args.methods.split(",") if args.methods else ["ar", "medusa", "falcon"]
+    if "ar" not in methods:
+        methods = ["ar"] + methods
+    batches = [int(b) for b in args.batches.split(",")]
+    new_tokens = 32 if args.quick else (args.max_new_tokens or 128)
+    # batch 1: the first half of --prompts, each alone; batch B: the first B prompts in one call
+    report = decode_chat.run_rows(args.model, methods, batches, 2 if args.quick else max(1, args.prompts // 2),
+                                  new_tokens, args.repeats, args.threads or 1)
+    table = decode_chat.markdown(report)
+    print(table)
+    paths = write_outputs(out, f"decode_{args.model}", table, report)
+    print("wrote " + ", ".join(map(str, paths)))
     return 0
 
 

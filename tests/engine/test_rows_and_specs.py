@@ -100,8 +100,8 @@ def test_every_method_has_one_spec_read_by_evaluate_cli_and_train():
         assert s.recipe is None or s.recipe in RECIPES, s
         assert s.base_model in leapdec.zoo.available()
     assert method_spec("medusa").lossless and method_spec("llada").model_kind == "masked"
-    with pytest.raises(ValueError, match="unknown decoding method 'pearl'"):
-        method_spec("pearl")
+    with pytest.raises(ValueError, match="unknown decoding method 'ctc_attention'"):
+        method_spec("ctc_attention")
 
 
 def test_model_kind_is_checked():

@@ -61,7 +61,7 @@ def _common_prefix(a: list[int], b: list[int], start: int) -> int:
     return i
 
 
-@register_method("pearl", lossless=True)
+@register_method("pearl", lossless=True, companion="drafter", recipe="drafter")
 def pearl(model, prompts: list[list[int]], *, drafter=None, gamma: int = 4, parallel: str = "thread",
           max_new_tokens: int = 128, temperature: float = 0.0, top_k: int | None = None,
           top_p: float | None = None, seed: int | None = None, stop_tokens=None, stop_strings=None,

@@ -134,7 +134,7 @@ class DraftModelDrafter:
         return {"drafter_calls": self.calls, "gamma": self.gamma}
 
 
-@register_method("sd", lossless=True)
+@register_method("sd", lossless=True, companion="drafter", recipe="drafter")
 def sd(model, prompts: list[list[int]], *, drafter=None, gamma: int = 4, max_new_tokens: int = 128,
        temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
        seed: int | None = None, stop_tokens=None, stop_strings=None, tokenizer=None, stream=None,

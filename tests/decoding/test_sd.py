@@ -8,6 +8,7 @@ import torch
 from leapdec.decoding import generate
 from leapdec.decoding.sd import DraftModelDrafter
 from leapdec.models.testing import tiny_model
+from sampling_checks import assert_second_token_follows_target
 
 PROMPTS = [[5, 6, 7, 8, 9], [3, 4], list(range(10, 31)), [9] * 7]
 
@@ -92,17 +93,7 @@ def test_sampling_follows_the_target_distribution():
     rows = 3000
     out = generate(target, [prompt] * rows, method="sd", drafter=draft, gamma=3, max_new_tokens=2,
                    temperature=1.0, seed=0, stop_tokens=[])
-    firsts = torch.tensor([t[0] for t in out.tokens])
-    first = int(firsts.mode().values)
-    seconds = torch.tensor([t[1] for t, f in zip(out.tokens, firsts.tolist()) if f == first])
-    with torch.no_grad():
-        p = target.logits(torch.tensor([prompt + [first]]))[0, -1].float().softmax(-1)
-    observed = torch.bincount(seconds, minlength=12).double()
-    expected = p.double() * len(seconds)
-    keep = expected >= 5
-    chi2 = float((((observed - expected) ** 2) / expected)[keep].sum())
-    dof = int(keep.sum()) - 1
-    assert chi2 < dof + 4 * (2 * dof) ** 0.5, (chi2, dof)             # ~ p < 0.001 bound
+    assert_second_token_follows_target(target, prompt, out.tokens)
     again = generate(target, [prompt] * 8, method="sd", drafter=draft, gamma=3, max_new_tokens=6,
                      temperature=1.0, seed=5, stop_tokens=[])
     assert again.tokens == generate(target, [prompt] * 8, method="sd", drafter=draft, gamma=3,

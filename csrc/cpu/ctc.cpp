@@ -108,87 +108,127 @@ LEAPDEC_SIMD_INLINE vf<W> log_add(vf<W> a, vf<W> b) {
   return hi + log1p_unit<W>(simd::exp_nonpos<W>(lo - hi));
 }
 
+// Lanes j .. min(j + W, C) - 1 of a row of C floats: a whole-vector store when it fits.
+template <int W>
+LEAPDEC_SIMD_INLINE void store_row(float* dst, vf<W> v, int j, int C) {
+  if (j + W <= C) {
+    simd::store<W>(dst + j, v);
+  } else {
+    for (int k = 0; k < C - j; ++k) dst[j + k] = v[k];
+  }
+}
+
 // One hypothesis n: its C candidates (padded to a multiple of W in the scratch rows) advance
-// over the frames together. scratch: 6 rows of Cp floats and T floats.
+// over the frames together: begin() sets frame 0, step(t) computes frame t, finish() writes
+// psi. scratch: 5 rows of Cp floats and T floats.
 template <int W, typename T>
-LEAPDEC_SIMD_INLINE void score_hyp(const ctc::Problem& p, const T* lp, int len, const float* r_prev,
-                                   int prefix_len, int last, int64_t n, const int* cand,
-                                   float* r_out, float* psi_out, float* scratch) {
-  const int C = p.num_cands, Cp = (C + W - 1) / W * W;
-  const int64_t N = p.num_hyps, V = p.vocab;
-  float* rn = scratch;
-  float* rb = rn + Cp;
-  float* ps = rb + Cp;
-  float* xs = ps + Cp;
-  float* rep = xs + Cp;      // 1 where the candidate repeats the last label
-  float* idx = rep + Cp;     // candidate column (as int bits), 0 for padding
-  float* phi_sum = idx + Cp; // [T] logaddexp of r_prev's two rows
-  int* col = reinterpret_cast<int*>(idx);
-  for (int j = 0; j < Cp; ++j) {
-    const int c = j < C ? cand[j] : -1;
-    col[j] = c < 0 ? 0 : c;
-    rep[j] = (prefix_len > 0 && c == last) ? 1.0f : 0.0f;
+struct HypRow {
+  const ctc::Problem& p;
+  const T* lp;         // the utterance's log_probs [T, V]
+  int len, prefix_len, start;
+  int64_t n;
+  const int* cand;     // [C]
+  const float* pn;     // r_prev[t, 0, n] at pn[t * 2N]
+  const float* pb;     // r_prev[t, 1, n]
+  float* out;          // r_out[0, 0, n, :]
+  float *rn, *rb, *ps, *rep, *phi_sum;
+  int* col;            // candidate column, 0 for padding
+
+  LEAPDEC_SIMD_INLINE HypRow(const ctc::Problem& p_, const T* lp_, int len_, const float* r_prev, int prefix_len_,
+                             int last, int64_t n_, const int* cand_, float* r_out, float* scratch)
+      : p(p_), lp(lp_), len(len_), prefix_len(prefix_len_), start(std::max(prefix_len_, 1)), n(n_),
+        cand(cand_) {
+    const int C = p.num_cands, Cp = (C + W - 1) / W * W;
+    const int64_t N = p.num_hyps;
+    rn = scratch;
+    rb = rn + Cp;
+    ps = rb + Cp;
+    rep = ps + Cp;  // 1 where the candidate repeats the last label
+    col = reinterpret_cast<int*>(rep + Cp);
+    phi_sum = rep + 2 * Cp;  // [T] logaddexp of r_prev's two rows
+    pn = r_prev + n;
+    pb = r_prev + N + n;
+    out = r_out + n * C;
+    for (int j = 0; j < Cp; ++j) {
+      const int c = j < C ? cand[j] : -1;
+      col[j] = c < 0 ? 0 : c;
+      rep[j] = (prefix_len > 0 && c == last) ? 1.0f : 0.0f;
+      rn[j] = prefix_len == 0 ? static_cast<float>(lp[col[j]]) : kLogZero;
+      rb[j] = kLogZero;
+      ps[j] = kLogZero;
+    }
+    for (int t = 0; t + 1 < std::min(len, p.frames); ++t) {
+      phi_sum[t] = ctc::log_add(pn[t * 2 * N], pb[t * 2 * N]);
+    }
+    std::copy(rn, rn + C, out);
+    std::fill(out + N * C, out + N * C + C, kLogZero);
   }
-  const float* pn = r_prev + n;      // r_prev[t, 0, n] at pn[t * 2N]
-  const float* pb = r_prev + N + n;  // r_prev[t, 1, n]
-  for (int t = 0; t + 1 < std::min(len, p.frames); ++t) {
-    phi_sum[t] = ctc::log_add(pn[t * 2 * N], pb[t * 2 * N]);
-  }
-  const int start = std::max(prefix_len, 1);
-  const int64_t out_t = 2 * N * C;
-  float* out = r_out + n * C;
-  for (int j = 0; j < Cp; ++j) {
-    rn[j] = prefix_len == 0 ? static_cast<float>(lp[col[j]]) : kLogZero;
-    rb[j] = kLogZero;
-    ps[j] = kLogZero;
-  }
-  std::copy(rn, rn + C, out);
-  std::fill(out + N * C, out + N * C + C, kLogZero);
-  for (int t = 1; t < p.frames; ++t) {
+
+  // Frame t >= 1. Candidates go through whole vectors (gathered lane by lane, written to r_out
+  // straight from the registers): re-reading scratch rows written by stores of another size
+  // would stall on store forwarding whenever C is not a multiple of W.
+  LEAPDEC_SIMD_INLINE void step(int t) {
+    const int C = p.num_cands, Cp = (C + W - 1) / W * W;
+    const int64_t N = p.num_hyps, V = p.vocab;
     if (t == start) std::copy(rn, rn + Cp, ps);
+    float* out_n = out + t * 2 * N * C;  // r_out[t, 0, n, :]
+    float* out_b = out_n + N * C;        // r_out[t, 1, n, :]
     if (t < start) {
       std::fill(rn, rn + Cp, kLogZero);
       std::fill(rb, rb + Cp, kLogZero);
-    } else if (t < len) {
+      std::fill(out_n, out_n + C, kLogZero);
+      std::fill(out_b, out_b + C, kLogZero);
+      return;
+    }
+    if (t < len) {
       const T* row = lp + t * V;
-      for (int j = 0; j < Cp; ++j) xs[j] = static_cast<float>(row[col[j]]);
       const vf<W> xb = simd::splat<W>(static_cast<float>(row[p.blank]));
       const vf<W> phi_rep = simd::splat<W>(pb[(t - 1) * 2 * N]);
       const vf<W> phi_all = simd::splat<W>(phi_sum[t - 1]);
       for (int j = 0; j < Cp; j += W) {
         const vf<W> r0 = simd::load<W>(rn + j), r1 = simd::load<W>(rb + j);
-        const vf<W> x = simd::load<W>(xs + j);
+        vf<W> x;
+        for (int k = 0; k < W; ++k) x[k] = static_cast<float>(row[col[j + k]]);
         const vf<W> phi = simd::load<W>(rep + j) > 0.5f ? phi_rep : phi_all;
-        simd::store<W>(rn + j, log_add<W>(r0, phi) + x);
-        simd::store<W>(rb + j, log_add<W>(r0, r1) + xb);
+        const vf<W> new_n = log_add<W>(r0, phi) + x, new_b = log_add<W>(r0, r1) + xb;
+        simd::store<W>(rn + j, new_n);
+        simd::store<W>(rb + j, new_b);
         simd::store<W>(ps + j, log_add<W>(simd::load<W>(ps + j), phi + x));
+        store_row<W>(out_n, new_n, j, C);
+        store_row<W>(out_b, new_b, j, C);
       }
     } else {
+      const vf<W> zero = simd::splat<W>(kLogZero);
       for (int j = 0; j < Cp; j += W) {
-        const vf<W> r0 = simd::load<W>(rn + j), r1 = simd::load<W>(rb + j);
-        simd::store<W>(rb + j, log_add<W>(r0, r1));
-        simd::store<W>(rn + j, simd::splat<W>(kLogZero));
+        const vf<W> new_b = log_add<W>(simd::load<W>(rn + j), simd::load<W>(rb + j));
+        simd::store<W>(rb + j, new_b);
+        simd::store<W>(rn + j, zero);
+        store_row<W>(out_n, zero, j, C);
+        store_row<W>(out_b, new_b, j, C);
       }
     }
-    std::copy(rn, rn + C, out + t * out_t);
-    std::copy(rb, rb + C, out + t * out_t + N * C);
   }
-  if (start >= p.frames) std::copy(rn, rn + Cp, ps);
-  const float end_score = ctc::log_add(pn[(len - 1) * 2 * N], pb[(len - 1) * 2 * N]);
-  for (int j = 0; j < C; ++j) {
-    const int c = cand[j];
-    float s = ps[j];
-    if (c < 0) {
-      for (int t = 0; t < p.frames; ++t) out[t * out_t + j] = out[t * out_t + N * C + j] = kLogZero;
-      s = kLogZero;
-    } else if (c == p.eos) {
-      s = end_score;
-    } else if (c == p.blank) {
-      s = kLogZero;
+
+  LEAPDEC_SIMD_INLINE void finish(float* psi_out) {
+    const int C = p.num_cands, Cp = (C + W - 1) / W * W;
+    const int64_t N = p.num_hyps, out_t = 2 * N * C;
+    if (start >= p.frames) std::copy(rn, rn + Cp, ps);
+    const float end_score = ctc::log_add(pn[(len - 1) * 2 * N], pb[(len - 1) * 2 * N]);
+    for (int j = 0; j < C; ++j) {
+      const int c = cand[j];
+      float s = ps[j];
+      if (c < 0) {
+        for (int t = 0; t < p.frames; ++t) out[t * out_t + j] = out[t * out_t + N * C + j] = kLogZero;
+        s = kLogZero;
+      } else if (c == p.eos) {
+        s = end_score;
+      } else if (c == p.blank) {
+        s = kLogZero;
+      }
+      psi_out[n * C + j] = s;
     }
-    psi_out[n * C + j] = s;
   }
-}
+};
 
 template <typename T>
 struct Args {
@@ -203,15 +243,29 @@ struct Args {
   float* psi;
 };
 
+// Hypotheses in blocks of kBlock: frame by frame across the block, so that frame t's writes
+// r_out[t, k, n0 .. n0 + kBlock, :] are one contiguous run instead of T strided rows per hypothesis.
+constexpr int kBlock = 8;
+
 template <int W, typename T>
 LEAPDEC_SIMD_INLINE void score_range(const ctc::Problem& p, const Args<T>& a, int64_t begin, int64_t end) {
   const int Cp = (p.num_cands + W - 1) / W * W;
-  std::vector<float> scratch(6 * static_cast<size_t>(Cp) + p.frames);
-  for (int64_t n = begin; n < end; ++n) {
-    const int b = a.hyp_utt[n];
-    score_hyp<W>(p, a.lp + static_cast<int64_t>(b) * p.frames * p.vocab, a.frame_lens[b], a.r_prev,
-                 a.prefix_len[n], a.last_token[n], n, a.cand + n * p.num_cands, a.r_out, a.psi,
-                 scratch.data());
+  const size_t per_hyp = 5 * static_cast<size_t>(Cp) + p.frames;
+  std::vector<float> scratch(kBlock * per_hyp);
+  std::vector<HypRow<W, T>> rows;
+  rows.reserve(kBlock);
+  for (int64_t n0 = begin; n0 < end; n0 += kBlock) {
+    rows.clear();
+    for (int64_t n = n0; n < std::min<int64_t>(end, n0 + kBlock); ++n) {
+      const int b = a.hyp_utt[n];
+      rows.emplace_back(p, a.lp + static_cast<int64_t>(b) * p.frames * p.vocab, a.frame_lens[b], a.r_prev,
+                        a.prefix_len[n], a.last_token[n], n, a.cand + n * p.num_cands, a.r_out,
+                        scratch.data() + (n - n0) * per_hyp);
+    }
+    for (int t = 1; t < p.frames; ++t) {
+      for (auto& row : rows) row.step(t);
+    }
+    for (auto& row : rows) row.finish(a.psi);
   }
 }
 

@@ -312,3 +312,20 @@ def test_cuda_column_kernel_emulated(tmp_path):
     r_ref, psi_ref = ref.ctc_prefix_score(log_probs, frame_lens, r_prev, prefix_len, last, hyp_utt, cand, 0, 8)
     assert_scores_close(psi, psi_ref)
     assert_scores_close(r, r_ref)
+
+
+def test_preallocated_outputs(device):
+    log_probs = random_log_probs(2, 10, 6, 31).to(device)
+    lens = torch.tensor([10, 7], dtype=torch.int32, device=device)
+    utt = torch.tensor([0, 1, 1], dtype=torch.int32, device=device)
+    r_prev = ctc_initial_state(log_probs, lens, utt)
+    plen = torch.zeros(3, dtype=torch.int32, device=device)
+    last = torch.full((3,), -1, dtype=torch.int32, device=device)
+    cand = torch.tensor([[1, 2], [3, 5], [4, 0]], dtype=torch.int32, device=device)
+    fresh = ctc_prefix_score(log_probs, lens, r_prev, plen, last, utt, cand, 0, 5)
+    out = (torch.full((10, 2, 3, 2), 7.0, device=device), torch.full((3, 2), 7.0, device=device))
+    got = ctc_prefix_score(log_probs, lens, r_prev, plen, last, utt, cand, 0, 5, out=out)
+    assert got.r.data_ptr() == out[0].data_ptr() and got.psi.data_ptr() == out[1].data_ptr()
+    assert torch.equal(got.r, fresh.r) and torch.equal(got.psi, fresh.psi)
+    with pytest.raises(RuntimeError, match=r"r_out must be \[T, 2, N, C\]"):
+        ctc_prefix_score(log_probs, lens, r_prev, plen, last, utt, cand, 0, 5, out=(out[0][:5], out[1]))

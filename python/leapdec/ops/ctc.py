@@ -34,7 +34,7 @@ def ctc_initial_state(log_probs: torch.Tensor, frame_lens: torch.Tensor, hyp_utt
 
 
 def ctc_prefix_score(log_probs, frame_lens, r_prev, prefix_len, last_token, hyp_utt, cand,
-                     blank: int = 0, eos: int = -1) -> CTCPrefixScores:
+                     blank: int = 0, eos: int = -1, out=None) -> CTCPrefixScores:
     """Extend hypotheses by candidate tokens and score the new prefixes.
 
     ``log_probs [B, T, V]``: CTC log-softmax per utterance (float32 / bfloat16 / float16), valid
@@ -45,7 +45,9 @@ def ctc_prefix_score(log_probs, frame_lens, r_prev, prefix_len, last_token, hyp_
     to try (-1 pads a ragged row). Returns ``r [T, 2, N, C]`` and ``psi [N, C]``: the log prefix
     probability; a candidate equal to ``eos`` gets the probability that the utterance ends with
     the prefix itself, ``blank`` and padding get :data:`LOG_ZERO`. A search's CTC score of a
-    candidate is ``psi - psi_prev`` (the previous step's psi of the hypothesis)."""
+    candidate is ``psi - psi_prev`` (the previous step's psi of the hypothesis). ``out=(r, psi)``:
+    preallocated float32 outputs of those shapes (a search reuses them: fresh pages for a large
+    ``r`` every step cost as much as the scoring)."""
     if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 3:
         raise ValueError(f"log_probs must be a [B, T, V] tensor, got {getattr(log_probs, 'shape', type(log_probs))}")
     if not isinstance(cand, torch.Tensor) or cand.dim() != 2:
@@ -63,8 +65,11 @@ def ctc_prefix_score(log_probs, frame_lens, r_prev, prefix_len, last_token, hyp_
     N, C = cand.shape
     if should_check_cuda_values(cand):
         _check_values_on_host(frame_lens, hyp_utt, prefix_len, cand, B, T, V)
-    r = torch.empty(T, 2, N, C, dtype=torch.float32, device=log_probs.device)
-    psi = torch.empty(N, C, dtype=torch.float32, device=log_probs.device)
+    if out is None:
+        r = torch.empty(T, 2, N, C, dtype=torch.float32, device=log_probs.device)
+        psi = torch.empty(N, C, dtype=torch.float32, device=log_probs.device)
+    else:
+        r, psi = out
     OPS.ctc_prefix_score(r, psi, log_probs, frame_lens, r_prev, prefix_len, last_token, hyp_utt, cand,
                          int(blank), int(eos))
     return CTCPrefixScores(r, psi)

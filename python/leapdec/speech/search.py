@@ -64,21 +64,28 @@ class SearchResult:
 
 class OpCTCScorer:
     """CTC prefix scores by the ``ctc_prefix_score`` op (same interface as
-    ``espnet_scorer.ESPnetCTCPrefixScorer``)."""
+    ``espnet_scorer.ESPnetCTCPrefixScorer``). The returned tensors live in one reused buffer:
+    they are valid until the next call."""
 
     def __init__(self, log_probs, frame_lens, blank: int, eos: int):
         self.log_probs = log_probs.contiguous()
         self.frame_lens = torch.as_tensor(frame_lens, device=log_probs.device).to(torch.int32)
         self.blank, self.eos = blank, eos
+        self._buffer = torch.empty(0, dtype=torch.float32, device=log_probs.device)
 
     def initial_state(self, hyp_utt):
         return ctc_initial_state(self.log_probs, self.frame_lens, hyp_utt, self.blank)
 
     def __call__(self, r_prev, output_length: int, last_token, hyp_utt, cand):
-        n = cand.shape[0]
+        n, c = cand.shape
+        T = self.log_probs.shape[1]
+        need = T * 2 * n * c + n * c
+        if self._buffer.numel() < need:
+            self._buffer = torch.empty(need, dtype=torch.float32, device=self.log_probs.device)
+        out = (self._buffer[: T * 2 * n * c].view(T, 2, n, c), self._buffer[T * 2 * n * c: need].view(n, c))
         prefix_len = torch.full((n,), output_length, dtype=torch.int32, device=cand.device)
         return ctc_prefix_score(self.log_probs, self.frame_lens, r_prev, prefix_len, last_token, hyp_utt,
-                                cand, self.blank, self.eos)
+                                cand, self.blank, self.eos, out=out)
 
 
 def make_scorer(kind: str, log_probs, frame_lens, blank: int, eos: int):

@@ -30,15 +30,13 @@ def test_greedy_equals_ar_on_heldout_requests(smollm2, method):
     out = leapdec.generate(model, prompts, method=method, max_new_tokens=32)       # zoo companion
     assert out.tokens == ar.tokens
     assert out.stats["model_calls"] < ar.stats["model_calls"]          # drafts were accepted
-    one = leapdec.generate(model, prompts[:1], method=method, max_new_tokens=32)
-    assert one.tokens == ar.tokens[:1]
 
 
-def test_companions_use_a_reduced_vocabulary_within_the_zoo_size_rule():
+def test_companions_use_a_reduced_vocabulary_within_the_zoo_size_rule(smollm2):
     from leapdec.decoding.falcon import load_drafter
     from leapdec.decoding.medusa import load_heads
 
-    model = leapdec.load_model(NAME)
+    model = smollm2[0]
     heads, drafter = load_heads(model), load_drafter(model)
     for companion in (heads, drafter):
         assert companion.vocab_ids is not None and companion.draft_vocab_size < model.config.vocab_size

@@ -61,8 +61,9 @@ def transcribe(model, utterances, method: str = "ctc_attention", modality: str =
         else:
             state = None
             if weight < 1.0:
-                state = model.init_decoder_state(encoded, rows=len(utterances) * beam,
-                                                 max_len=model.config.max_text_len)
+                # a hypothesis feeds at most one token per encoder frame: size the cache for that
+                longest = min(max(stats["frames"]) + 1, model.config.max_text_len)
+                state = model.init_decoder_state(encoded, rows=len(utterances) * beam, max_len=longest)
             results = beam_search(lens, log_probs if weight > 0 else None, model if weight < 1 else None, state,
                                   sos=model_.SOS, eos=model_.EOS, blank=model_.BLANK, beam=beam,
                                   ctc_weight=weight, penalty=penalty, pre_beam_ratio=pre_beam_ratio,

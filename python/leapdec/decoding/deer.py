@@ -146,7 +146,7 @@ class BlockDrafter:
             cache.truncate(seq, min(start, cache.seq_len(seq)))        # drop the block's K/V
 
     def stats(self) -> dict:
-        return {"drafter_calls": self.calls, "block_size": self.block_size}
+        return {"drafter_calls": self.calls, "block_size": self.block_size, "tree_topk": self.topk}
 
 
 def _positive_int(name: str, value, high: int | None = None) -> int:

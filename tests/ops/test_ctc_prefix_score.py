@@ -96,14 +96,15 @@ def test_mixed_prefix_lengths_and_long_prefixes(device):
     assert bool((out.psi[4:, :5].cpu() < DEAD).all())  # 10+ tokens cannot fit 4 (or 12) frames
 
 
-def test_bfloat16_log_probs(device):
-    log_probs = random_log_probs(2, 30, 12, 7, dtype=torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_log_probs(device, dtype):
+    log_probs = random_log_probs(2, 30, 12, 7, dtype=dtype)
     frame_lens = torch.tensor([30, 21], dtype=torch.int32)
     hyp_utt = torch.tensor([0, 1, 1], dtype=torch.int32)
     r_prev, prefix_len, last = hypotheses_after(log_probs.float(), frame_lens, hyp_utt, 2, 8)
     cand = torch.arange(12, dtype=torch.int32).expand(3, -1).contiguous()
     args = [t.to(device) for t in (log_probs, frame_lens, r_prev, prefix_len, last, hyp_utt, cand)]
-    run_both(*args, 0, 11)  # the reference reads the same bfloat16 values
+    run_both(*args, 0, 11)  # the reference reads the same 16-bit values
 
 
 def test_empty_batch(device):

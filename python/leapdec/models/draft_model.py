@@ -111,11 +111,12 @@ class DraftModel(Transformer):
         """The drafter's trainable parameters (everything but the shared embedding / LM head)."""
         return [p for n, p in self.named_parameters() if not n.startswith("embed_tokens.")]
 
-    def save(self, directory, meta: dict | None = None) -> Path:
+    def save(self, directory, meta: dict | None = None, dtype: torch.dtype | None = None) -> Path:
+        """Write the drafter's own weights (in ``dtype``, default its own) and config."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {hf_name(n): p.detach().to("cpu").contiguous() for n, p in self.named_parameters()
-                   if not n.startswith("embed_tokens.")}
+        tensors = {hf_name(n): p.detach().to("cpu", dtype or p.dtype).contiguous()
+                   for n, p in self.named_parameters() if not n.startswith("embed_tokens.")}
         if self.vocab_ids is not None:
             tensors["draft.vocab_ids"] = self.vocab_ids.to("cpu", torch.int64).contiguous()
         save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})

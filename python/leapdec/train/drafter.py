@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +103,8 @@ def train_drafter(base: str = "stdlib-ar", layers: int = 1, vocab: int | None = 
                   n_heldout: int = 32, max_new_tokens: int = 128, seq_len: int = 256, batch: int = 8,
                   lr: float = 1e-3, steps: int | None = None, seconds: float | None = 600,
                   device: str = "cpu", seed: int = 0, threads: int | None = None, out_dir=None,
-                  gamma: int = 4, eval_prompts: int = 4, progress: bool = True) -> dict:
+                  gamma: int = 4, eval_prompts: int = 4, progress: bool = True, init=None,
+                  save_dtype: str | None = None) -> dict:
     """Distill a ``layers``-layer drafter for ``base``; writes it (and its card) to
     ``<base>/drafter`` or ``out_dir``. Returns the card."""
     if threads:
@@ -119,7 +121,12 @@ def train_drafter(base: str = "stdlib-ar", layers: int = 1, vocab: int | None = 
         stops = [t for t in (model.config.eos_token_id,) if isinstance(t, int)]
         stops += sorted({a[-1] for _, a in pairs if a})                      # the stop tokens it emits
         vocab_ids = distill.frequent_tokens(base, vocab, pairs, tokenizer=tokenizer, always=stops)
-    draft = DraftModel.from_base(model, layers, vocab_ids)
+    if init is not None:                                  # continue training a saved drafter
+        draft = DraftModel.load(init, model)
+        layers, vocab_ids = len(draft.layers), draft.vocab_ids
+        vocab = None if vocab_ids is None else int(vocab_ids.numel())
+    else:
+        draft = DraftModel.from_base(model, layers, vocab_ids)
     params = draft.own_parameters()
     for p in params:
         p.requires_grad_(True)
@@ -158,12 +165,18 @@ def train_drafter(base: str = "stdlib-ar", layers: int = 1, vocab: int | None = 
     dec = decode_eval(model, draft, prompts, max_new_tokens, gamma)
     out = base_dir / KIND if out_dir is None else out_dir
     meta = {"base": str(base), "base_sha256": sha, "layers": layers}
-    draft.save(out, meta)
+    draft.save(out, meta, dtype=getattr(torch, save_dtype) if save_dtype else None)
     command = " ".join(["python -m leapdec.train drafter", "--base", shlex.quote(str(base)), "--layers",
                         str(layers)] + (["--vocab", str(vocab)] if vocab else []) +
+                       (["--init", shlex.quote(str(init))] if init is not None else []) +
+                       (["--save-dtype", save_dtype] if save_dtype else []) +
                        ["--n-train", str(n_train), "--batch", str(batch), "--seq-len", str(seq_len),
                         "--lr", f"{lr:g}"] + budget_command_args(steps, seconds, device, seed, threads))
     own = sum(p.numel() for p in params)
+    earlier = []                                          # how the drafter it continued was made
+    if init is not None and (Path(init) / cards.CARD_JSON).is_file():
+        prev = cards.load_card(init)
+        earlier = prev["recipe"].get("init_from_commands", []) + [prev["command"]]
     card = {
         "name": f"{base}/{KIND}",
         "card_version": cards.CARD_VERSION,
@@ -176,6 +189,8 @@ def train_drafter(base: str = "stdlib-ar", layers: int = 1, vocab: int | None = 
         "recipe": {"layers": layers, "vocab": vocab, "n_train": n_train, "n_heldout": n_heldout,
                    "max_new_tokens": max_new_tokens, "seq_len": seq_len, "batch": batch, "lr": lr,
                    "steps_budget": steps, "seconds_budget": seconds, "seed": seed,
+                   "init_from": None if init is None else str(init), "init_from_commands": earlier,
+                   "saved_dtype": save_dtype or "float32",
                    "optimizer": "AdamW(betas=(0.9, 0.95))", "loss": "KL(target || drafter) over the draft vocabulary",
                    "init": "the target's first layers and final norm; embedding and LM head shared, frozen"},
         "corpus": {"base_model": str(base), "targets": "the target's greedy answers (leapdec.train.distill)",
@@ -209,12 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--gamma", type=int, default=4, help="draft length of the decode evaluation")
     parser.add_argument("--out", help="output folder (default: <base>/drafter)")
+    parser.add_argument("--init", help="continue training this saved drafter folder (its layers and vocabulary)")
+    parser.add_argument("--save-dtype", choices=["float32", "bfloat16", "float16"],
+                        help="dtype of the saved weights (bfloat16 halves the file; default float32)")
     add_budget_arguments(parser)
     a = parser.parse_args(argv)
     seconds = a.seconds if (a.seconds is not None or a.steps is not None) else 600
     card = train_drafter(a.base, a.layers, a.vocab, a.n_train, a.n_heldout, a.max_new_tokens, a.seq_len,
                          a.batch, a.lr, a.steps, seconds, a.device, a.seed, a.threads, a.out,
-                         a.gamma, progress=not a.no_progress)
+                         a.gamma, progress=not a.no_progress, init=a.init, save_dtype=a.save_dtype)
     ev = card["eval"]
     print(f"drafter for {a.base}: top-1 agreement {ev['top1_agreement_before']:.3f} -> {ev['top1_agreement']:.3f}; "
           f"sd {ev['sd_tokens_per_call']} tok/call ({ev['sd_speedup_vs_ar']}x AR), "

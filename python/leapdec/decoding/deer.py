@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from leapdec.engine.companions import load_companion
-from leapdec.engine.runner import Session, pages_for, plan_extend
+from leapdec.engine.runner import close_session, open_sequences, plan_extend
 from leapdec.engine.sampling import warp_logits
 from leapdec.engine.spec import register_method
 from leapdec.engine.speculative import Proposal, resolve_acceptance, speculative_generate
@@ -77,16 +77,13 @@ class BlockDrafter:
         self.calls = 0
 
     def start(self, ctx, rows, hidden, offsets):
-        need = sum(pages_for(len(r.prompt) + r.max_new_tokens + self.block_size + 1, self.page_size) + 1
-                   for r in rows)
-        self.session = Session(self.drafter.lm, need, self.page_size).__enter__()
-        self.seqs = [self.session.new_sequence() for _ in rows]
+        self.session, self.seqs = open_sequences(
+            self.drafter.lm, [len(r.prompt) + r.max_new_tokens + self.block_size + 1 for r in rows],
+            self.page_size)
         self.generator = ctx.generator
 
     def close(self):
-        if self.session is not None:
-            self.session.__exit__(None, None, None)
-            self.session = None
+        self.session = close_session(self.session)
 
     def _block_logits(self, live, num_drafts: int) -> torch.Tensor:
         """One drafter forward: per row its unseen tokens (causal) and the block (bidirectional);

@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from leapdec.engine.runner import Session, pages_for, plan_extend
+from leapdec.engine.runner import close_session, open_sequences, plan_extend
 from leapdec.engine.sampling import make_generator, warp_logits
 
 
@@ -41,16 +41,12 @@ class ChainDraft:
 
     def start(self, capacities: list[int]) -> None:
         """A draft sequence per row; ``capacities[i]``: the most tokens row i's draft will hold."""
-        need = sum(pages_for(c, self.page_size) + 1 for c in capacities)
-        self.session = Session(self.draft, need, self.page_size).__enter__()
-        self.seqs = [self.session.new_sequence() for _ in capacities]
+        self.session, self.seqs = open_sequences(self.draft, capacities, self.page_size)
         self.held: list[list[int]] = [[] for _ in capacities]         # the tokens each cache holds
         self.generator = make_generator(self.seed, self.draft.device) if self.sampling else None
 
     def finish(self) -> None:
-        if self.session is not None:
-            self.session.__exit__(None, None, None)
-            self.session = None
+        self.session = close_session(self.session)
 
     @torch.no_grad()
     def draft_chains(self, requests) -> tuple[list[list[int]], torch.Tensor | None, float, int]:

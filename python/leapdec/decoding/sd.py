@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from leapdec.engine.companions import load_companion
-from leapdec.engine.runner import Session, pages_for, plan_extend
+from leapdec.engine.runner import close_session, open_sequences, plan_extend
 from leapdec.engine.sampling import sample_next, warp_logits
 from leapdec.engine.spec import register_method
 from leapdec.models.draft_model import WEIGHTS_FILE, DraftModel
@@ -77,16 +77,12 @@ class DraftModelDrafter:
         self.calls = 0
 
     def start(self, ctx, rows, hidden, offsets):
-        need = sum(pages_for(len(r.prompt) + r.max_new_tokens + self.gamma + 1, self.page_size) + 1
-                   for r in rows)
-        self.session = Session(self.draft, need, self.page_size).__enter__()
-        self.seqs = [self.session.new_sequence() for _ in rows]
+        self.session, self.seqs = open_sequences(
+            self.draft, [len(r.prompt) + r.max_new_tokens + self.gamma + 1 for r in rows], self.page_size)
         self.generator = ctx.generator
 
     def close(self):
-        if self.session is not None:
-            self.session.__exit__(None, None, None)
-            self.session = None
+        self.session = close_session(self.session)
 
     def _pick(self, logits: torch.Tensor):
         if not self.sampling:

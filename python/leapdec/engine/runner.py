@@ -118,6 +118,20 @@ class Session:
             self._release()
 
 
+def open_sequences(model, lengths: list[int], page_size: int) -> tuple[Session, list[int]]:
+    """A drafter's own cache (sd, pearl, deer): an entered ``Session`` on ``model`` with one
+    sequence per row, row i able to hold ``lengths[i]`` tokens. Close it with ``close_session``."""
+    session = Session(model, sum(pages_for(n, page_size) + 1 for n in lengths), page_size).__enter__()
+    return session, [session.new_sequence() for _ in lengths]
+
+
+def close_session(session: Session | None) -> None:
+    """Exit ``session`` (frees its sequences, releases the workspace); None is a no-op. Returns
+    None, so ``self.session = close_session(self.session)`` closes at most once."""
+    if session is not None:
+        session.__exit__(None, None, None)
+
+
 # --------------------------------------------------------------------------- planning
 
 def plan_extend(cache: PagedKVCache, seqs: list[int], tokens: list[list[int]], positions=None,

@@ -3,7 +3,7 @@ seen in training): audio / video / AV streams x clean / 10 / 0 / -5 dB speech-sh
 decoding method, for the pretrained zoo model and its no-pretraining ablation.
 
     python benchmarks/bench_avsr.py [--models espeak-avsr espeak-avsr-nopretrain] [--utterances 100]
-        [--methods ctc_greedy ctc_prefix attention ctc_attention] [--beam 10] [--ctc-weight 0.3]
+        [--methods ctc_greedy ctc_prefix attention ctc_attention] [--beam 10] [--ctc-weight 0.3] [--penalty 0]
         [--json rows.json] [--markdown table.md]
 
 Utterance i is held-out sentence i synthesised with the seed the recipe used for its held-out set
@@ -47,11 +47,11 @@ def with_noise(utts, snr: str) -> list:
                            float(snr), u.phonemes) for i, u in enumerate(utts)]
 
 
-def score(model, utts, method, modality, batch, beam, ctc_weight) -> dict:
+def score(model, utts, method, modality, batch, beam, ctc_weight, penalty=0.0) -> dict:
     hyps, wall, steps = [], 0.0, 0
     for c in range(0, len(utts), batch):
         out = speech.transcribe(model, utts[c:c + batch], method=method, modality=modality, beam=beam,
-                                ctc_weight=ctc_weight)
+                                ctc_weight=ctc_weight, penalty=penalty)
         hyps += out.texts
         wall += out.stats["wall_s"]
     return {"cer": char_error_rate([u.text for u in utts], hyps), "wall_s": wall,
@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     parser.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=list(MODALITIES))
     parser.add_argument("--beam", type=int, default=10)
     parser.add_argument("--ctc-weight", type=float, default=0.3)
+    parser.add_argument("--penalty", type=float, default=0.0, help="length bonus per character (beam methods)")
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write the rows here")
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
             for modality in args.modalities for snr in args.snrs if modality != "video" or snr == "clean"]
     models = {name: speech.load(name) for name in args.models}
     for name, method, modality, snr in tqdm(jobs, desc="conditions"):
-        r = score(models[name], noisy[snr], method, modality, args.batch, args.beam, args.ctc_weight)
+        r = score(models[name], noisy[snr], method, modality, args.batch, args.beam, args.ctc_weight, args.penalty)
         rows.append({"model": name, "method": method, "modality": modality, "snr": snr, **r})
         tqdm.write(f"{name:24s} {method:14s} {modality:5s} {snr:>5s}  CER {100 * r['cer']:5.1f} %  "
                    f"({r['wall_s']:.1f} s)")
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
         commit = ""
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.processor() or platform.machine(), "threads": args.threads, "commit": commit,
-            "utterances": args.utterances, "beam": args.beam, "ctc_weight": args.ctc_weight,
+            "utterances": args.utterances, "beam": args.beam, "ctc_weight": args.ctc_weight, "penalty": args.penalty,
             "wall_s": time.perf_counter() - start}
     table = markdown(rows, args.models, args.methods)
     print(table)

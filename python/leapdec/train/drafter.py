@@ -181,7 +181,7 @@ def train_drafter(base: str = "stdlib-ar", layers: int = 1, vocab: int | None = 
         "name": f"{base}/{KIND}",
         "card_version": cards.CARD_VERSION,
         "summary": (f"A {layers}-layer draft model for {base} (methods sd and pearl), sharing its frozen "
-                    f"embedding and LM head" + (f", drafting from its {vocab} most frequent tokens" if vocab_ids else "")
+                    f"embedding and LM head" + (f", drafting from its {vocab} most frequent tokens" if vocab_ids is not None else "")
                     + ", distilled (forward KL) from the target's distributions over its own greedy answers."),
         "command": command,
         "date": cards.now_iso(),

@@ -10,7 +10,7 @@ import torch
 
 def check_vocab_ids(vocab_ids, vocab_size: int, device, what: str = "vocab_ids") -> torch.Tensor:
     """A 1-D int64 tensor of distinct token ids in ``[0, vocab_size)`` (an int: that many
-    placeholders, filled when a saved file is loaded)."""
+    zero ids, overwritten when a saved file is loaded)."""
     if isinstance(vocab_ids, int) and not isinstance(vocab_ids, bool):
         if not 1 <= vocab_ids <= vocab_size:
             raise ValueError(f"vocab_ids: a reduced vocabulary of {vocab_ids} tokens is not in [1, {vocab_size}]")

@@ -152,3 +152,11 @@ def test_zoo_drafter_on_held_out_prompts():
         out = generate(model, prompts, method=method, max_new_tokens=48)
         assert out.tokens == ar.tokens, method
         assert out.stats["tokens_per_call"] > 1.5, (method, out.stats["tokens_per_call"])
+
+
+def test_a_draft_process_that_dies_at_start_is_an_error_at_once(monkeypatch):
+    import leapdec.decoding.pearl_workers as workers
+
+    monkeypatch.setattr(workers, "_ENTRY", "import sys; sys.exit(3)")
+    with pytest.raises(RuntimeError, match="exited with status 3"):
+        workers.ProcessWorker(tiny_model("llama"), "cpu", 1, "cpu")

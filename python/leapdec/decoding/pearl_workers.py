@@ -158,6 +158,7 @@ class ThreadWorker(InlineWorker):
 # ------------------------------------------------------------------ two processes (gloo)
 
 _TIMEOUT = datetime.timedelta(seconds=600)
+_START_TIMEOUT_S = 120
 _ENTRY = "from leapdec.decoding.pearl_workers import _serve; _serve({port}, {device!r}, {threads})"
 
 
@@ -182,6 +183,7 @@ def _serve(port: int, device: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     store = dist.TCPStore("127.0.0.1", port, 2, False, timeout=_TIMEOUT)
+    store.set("ready", "1")
     pg = dist.ProcessGroupGloo(store, 1, 2, _TIMEOUT)
     draft = _recv(pg, 0).to(device)
     chain = None
@@ -241,6 +243,15 @@ class ProcessWorker:
         self.proc = subprocess.Popen([sys.executable, "-c", _ENTRY.format(port=store.port, device=str(device), threads=int(threads))],
                                      env=env)
         self.store = store
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not store.check(["ready"]):            # a draft process that dies says so at once
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pearl: the draft process exited with status {self.proc.returncode} "
+                                   f"before connecting (its error is printed above)")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"pearl: the draft process did not connect within {_START_TIMEOUT_S} s")
+            time.sleep(0.02)
         self.pg = dist.ProcessGroupGloo(store, 0, 2, _TIMEOUT)
         _send(self.pg, draft if draft.device.type == "cpu" else draft.cpu(), 1)
 

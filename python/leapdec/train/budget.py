@@ -57,6 +57,21 @@ class Budget:
         return self.seconds
 
 
+def check_budget(steps, seconds, threads) -> None:
+    """Check a recipe's budget options (positive ``steps`` int, positive ``seconds``, positive
+    ``threads``) and apply ``threads`` (``torch.set_num_threads``); None leaves each unset."""
+    import torch
+
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0):
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"seconds must be positive, got {seconds}")
+    if threads is not None:
+        if threads <= 0:
+            raise ValueError(f"threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+
+
 def add_budget_arguments(parser) -> None:
     """The command-line options every budgeted recipe takes: ``--steps``, ``--seconds``,
     ``--device``, ``--seed``, ``--threads``, ``--no-progress``."""

@@ -42,7 +42,7 @@ from leapdec.models.deer import DeerDrafter, block_mask
 from leapdec.paths import writable_dir
 from leapdec.train import cards, corpus
 from leapdec.train import tokenizer as tokenizers_
-from leapdec.train.budget import add_budget_arguments, budget_command_args, cosine_lr
+from leapdec.train.budget import add_budget_arguments, budget_command_args, check_budget, cosine_lr
 from leapdec.train.medusa import sample_prompts
 
 IGNORE = -100
@@ -257,14 +257,7 @@ def train_deer(base="stdlib-ar", preset: str = "default", out_dir=None, steps: i
     wall_start = time.perf_counter()
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0):
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if seconds is not None and not seconds > 0:
-        raise ValueError(f"seconds must be positive, got {seconds}")
-    if threads is not None:
-        if threads <= 0:
-            raise ValueError(f"threads must be positive, got {threads}")
-        torch.set_num_threads(threads)
+    check_budget(steps, seconds, threads)
     base_dir = zoo.resolve(base)
     device = torch.device(device)
     command = command_line(base, preset, out_dir, steps, seconds, device, seed, threads)

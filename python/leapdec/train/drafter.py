@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from leapdec.models.draft_model import CONFIG_FILE, WEIGHTS_FILE, DraftModel
 from leapdec.train import cards, distill
-from leapdec.train.budget import Budget, add_budget_arguments, budget_command_args, cosine_lr
+from leapdec.train.budget import Budget, add_budget_arguments, budget_command_args, check_budget, cosine_lr
 
 KIND = "drafter"
 
@@ -107,8 +107,7 @@ def train_drafter(base: str = "stdlib-ar", layers: int = 1, vocab: int | None = 
                   save_dtype: str | None = None) -> dict:
     """Distill a ``layers``-layer drafter for ``base``; writes it (and its card) to
     ``<base>/drafter`` or ``out_dir``. Returns the card."""
-    if threads:
-        torch.set_num_threads(threads)
+    check_budget(steps, seconds, threads)
     torch.manual_seed(seed)
     t_start = time.perf_counter()
     model, tokenizer, base_dir, sha = distill.load_base(base, device)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from leapdec.models import ModelConfig, Transformer, load_checkpoint, save_checkpoint
 from leapdec.paths import writable_dir
 from leapdec.train import cards, corpus
-from leapdec.train.budget import Budget, add_budget_arguments, cosine_lr
+from leapdec.train.budget import Budget, add_budget_arguments, check_budget, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
 
 OBJECTIVES = ("ar", "mdm")
@@ -355,14 +355,7 @@ def train_lm(objective: str = "ar", preset: str = "default", out_dir="stdlib-ar"
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    if steps is not None and steps <= 0:
-        raise ValueError(f"steps must be positive, got {steps}")
-    if seconds is not None and not seconds > 0:
-        raise ValueError(f"seconds must be positive, got {seconds}")
-    if threads is not None:
-        if threads <= 0:
-            raise ValueError(f"threads must be positive, got {threads}")
-        torch.set_num_threads(threads)
+    check_budget(steps, seconds, threads)
     device = torch.device(device)
     command = command_line(objective, preset, out_dir, steps, seconds, device, seed,
                            tokenizer_dir, init_from, threads)

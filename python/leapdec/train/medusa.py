@@ -43,7 +43,7 @@ from leapdec.decoding import generate
 from leapdec.models.heads import CONFIG_FILE, WEIGHTS_FILE, MedusaHeads
 from leapdec.paths import writable_dir
 from leapdec.train import cards, corpus, distill
-from leapdec.train.budget import add_budget_arguments, budget_command_args, cosine_lr
+from leapdec.train.budget import add_budget_arguments, budget_command_args, check_budget, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
 from leapdec.decoding.medusa import MAX_AUTO_NODES, NODE_COST, expected_accept_lengths
 
@@ -323,14 +323,7 @@ def train_medusa(base="stdlib-ar", preset: str | None = None, out_dir=None, step
         preset = default_preset(base)
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    if steps is not None and (not isinstance(steps, int) or steps <= 0):
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if seconds is not None and not seconds > 0:
-        raise ValueError(f"seconds must be positive, got {seconds}")
-    if threads is not None:
-        if threads <= 0:
-            raise ValueError(f"threads must be positive, got {threads}")
-        torch.set_num_threads(threads)
+    check_budget(steps, seconds, threads)
     device = torch.device(device)
     p = PRESETS[preset]
     model, tok, base_dir, base_sha = distill.load_base(base, device)

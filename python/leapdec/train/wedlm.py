@@ -40,7 +40,7 @@ from leapdec import zoo
 from leapdec.models import Transformer, load_checkpoint, save_checkpoint
 from leapdec.paths import writable_dir
 from leapdec.train import cards, corpus
-from leapdec.train.budget import Budget, add_budget_arguments, budget_command_args, cosine_lr
+from leapdec.train.budget import Budget, add_budget_arguments, budget_command_args, check_budget, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
 
 MAX_FILE_BYTES = 16_000_000
@@ -299,14 +299,7 @@ def train_wedlm(init_from="stdlib-ar", out_dir="stdlib-wedlm", preset: str = "de
     wall_start = time.perf_counter()
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    if steps is not None and steps <= 0:
-        raise ValueError(f"steps must be positive, got {steps}")
-    if seconds is not None and not seconds > 0:
-        raise ValueError(f"seconds must be positive, got {seconds}")
-    if threads is not None:
-        if threads <= 0:
-            raise ValueError(f"threads must be positive, got {threads}")
-        torch.set_num_threads(threads)
+    check_budget(steps, seconds, threads)
     device = torch.device(device)
     command = command_line(init_from, out_dir, preset, steps, seconds, device, seed, threads)
     p = PRESETS[preset]

@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time leapdec with its linear weights in bfloat16 (weight_dtype='bfloat16')")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
@@ -57,9 +59,14 @@ def main(argv=None) -> int:
                for q in QUESTIONS]
     n = args.new_tokens
 
-    def ours(batch):
-        out = leapdec.generate(model, prompts[:batch], method="ar", max_new_tokens=n, stop_tokens=[])
+    def ours(batch, m=model):
+        out = leapdec.generate(m, prompts[:batch], method="ar", max_new_tokens=n, stop_tokens=[])
         return out.tokens
+
+    contestants = [("leapdec", ours)]
+    if args.bf16:
+        model16 = leapdec.load_model("smollm2-135m-instruct", weight_dtype="bfloat16")
+        contestants.append(("leapdec-bf16", lambda batch: ours(batch, model16)))
 
     def theirs(batch):
         rows = prompts[:batch]
@@ -71,14 +78,15 @@ def main(argv=None) -> int:
         return [row[width:].tolist() for row in out]
 
     batches = [int(b) for b in args.batches.split(",")]
-    for b in batches:                                   # warm up both (allocations, thread pools)
-        ours(b)
-        theirs(b)
-    times = {(who, b): [] for b in batches for who in ("leapdec", "transformers")}
+    contestants.append(("transformers", theirs))
+    for b in batches:                                   # warm up all (allocations, thread pools)
+        for _, fn in contestants:
+            fn(b)
+    times = {(who, b): [] for b in batches for who, _ in contestants}
     same = {}
     for _ in range(args.repeats):
         for b in batches:
-            for who, fn in (("leapdec", ours), ("transformers", theirs)):
+            for who, fn in contestants:
                 t = time.perf_counter()
                 toks = fn(b)
                 times[(who, b)].append(time.perf_counter() - t)
@@ -89,17 +97,25 @@ def main(argv=None) -> int:
     print(f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to fp32, {weight_bytes / 1e6:.0f} MB of weights), "
           f"{args.threads} threads, {n} new tokens, greedy, median of {args.repeats} interleaved runs; "
           f"load: leapdec {load_ours:.1f} s, transformers {load_hf:.1f} s")
-    print("| batch | leapdec AR tok/s | transformers tok/s | ratio | identical rows |")
-    print("|---|---|---|---|---|")
+    extra = " | leapdec bf16 weights tok/s | its ratio | rows identical to fp32" if args.bf16 else ""
+    print("| batch | leapdec AR tok/s | transformers tok/s | ratio | identical rows" + extra + " |")
+    print("|---|---|---|---|---|" + ("---|---|---|" if args.bf16 else ""))
     for b in batches:
         ours_s, hf_s = statistics.median(times[("leapdec", b)]), statistics.median(times[("transformers", b)])
         ident = sum(x == y for x, y in zip(same[b]["leapdec"], same[b]["transformers"]))
         row = dict(batch=b, leapdec_tok_s=b * n / ours_s, transformers_tok_s=b * n / hf_s,
                    ratio=hf_s / ours_s, identical=f"{ident}/{b}",
                    leapdec_s=times[("leapdec", b)], transformers_s=times[("transformers", b)])
+        line = (f"| {b} | {row['leapdec_tok_s']:.1f} | {row['transformers_tok_s']:.1f} | {row['ratio']:.2f}x | "
+                f"{row['identical']} |")
+        if args.bf16:
+            s16 = statistics.median(times[("leapdec-bf16", b)])
+            same16 = sum(x == y for x, y in zip(same[b]["leapdec-bf16"], same[b]["leapdec"]))
+            row.update(leapdec_bf16_tok_s=b * n / s16, bf16_ratio=hf_s / s16, bf16_identical=f"{same16}/{b}",
+                       leapdec_bf16_s=times[("leapdec-bf16", b)])
+            line += f" {row['leapdec_bf16_tok_s']:.1f} | {row['bf16_ratio']:.2f}x | {same16}/{b} |"
         rows.append(row)
-        print(f"| {b} | {row['leapdec_tok_s']:.1f} | {row['transformers_tok_s']:.1f} | {row['ratio']:.2f}x | "
-              f"{row['identical']} |")
+        print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(rows=rows, load_s=dict(leapdec=load_ours, transformers=load_hf), threads=args.threads,

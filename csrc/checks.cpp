@@ -200,4 +200,34 @@ int64_t check_rope_append_args(const at::Tensor& q, const at::Tensor& k, const a
   return rot;
 }
 
+void check_linear_args(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias) {
+  check_dim(x, 2, "x", "[M, K]");
+  check_dim(weight, 2, "weight", "[N, K]");
+  check_dim(out, 2, "out", "[M, N]");
+  const bool cuda = x.is_cuda();
+  check_float_dtype(x, "x", cuda);
+  check_float_dtype(weight, "weight", cuda);
+  TORCH_CHECK(weight.size(1) == x.size(1), "weight must be [N, ", x.size(1),
+              "] (K = the last dim of x), got ", weight.sizes());
+  TORCH_CHECK(out.size(0) == x.size(0) && out.size(1) == weight.size(0), "out must be [",
+              x.size(0), ", ", weight.size(0), "] ([M, N]), got ", out.sizes());
+  TORCH_CHECK(out.scalar_type() == x.scalar_type(), "out must have the dtype of x (",
+              x.scalar_type(), "), got ", out.scalar_type());
+  check_same_device(weight, x, "weight", "x");
+  check_same_device(out, x, "out", "x");
+  check_contiguous(x, "x");
+  check_contiguous(weight, "weight");
+  check_contiguous(out, "out");
+  if (bias.has_value()) {
+    const at::Tensor& b = *bias;
+    check_dim(b, 1, "bias", "[N]");
+    TORCH_CHECK(b.size(0) == weight.size(0), "bias must be [", weight.size(0), "] (N), got ",
+                b.sizes());
+    check_float_dtype(b, "bias", cuda);
+    check_same_device(b, x, "bias", "x");
+    check_contiguous(b, "bias");
+  }
+}
+
 }  // namespace leapdec

@@ -66,6 +66,8 @@ void ctc_prefix_score_cpu(at::Tensor& r_out, at::Tensor& psi, const at::Tensor& 
                           const at::Tensor& prefix_len, const at::Tensor& last_token,
                           const at::Tensor& hyp_utt, const at::Tensor& cand, int64_t blank,
                           int64_t eos);
+void linear_cpu(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                const std::optional<at::Tensor>& bias);
 
 // ---------------------------------------------------------------- CUDA
 #ifdef LEAPDEC_WITH_CUDA
@@ -117,6 +119,8 @@ void ctc_prefix_score_cuda(at::Tensor& r_out, at::Tensor& psi, const at::Tensor&
                            const at::Tensor& prefix_len, const at::Tensor& last_token,
                            const at::Tensor& hyp_utt, const at::Tensor& cand, int64_t blank,
                            int64_t eos);
+void linear_cuda(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                 const std::optional<at::Tensor>& bias);
 #endif
 
 }  // namespace leapdec

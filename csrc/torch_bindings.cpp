@@ -55,6 +55,8 @@ TORCH_LIBRARY(leapdec, m) {
       "ctc_prefix_score(Tensor(a!) r_out, Tensor(b!) psi, Tensor log_probs, Tensor frame_lens, "
       "Tensor r_prev, Tensor prefix_len, Tensor last_token, Tensor hyp_utt, Tensor cand, int blank, "
       "int eos) -> ()");
+  // out[M, N] = x[M, K] @ weight[N, K]^T (+ bias[N]) for few rows: weights streamed once, 16-bit weights widened in registers, float32 accumulation.
+  m.def("linear(Tensor(a!) out, Tensor x, Tensor weight, Tensor? bias) -> ()");
   // @@ more schemas (later issues) go above this line
 }
 
@@ -70,6 +72,7 @@ TORCH_LIBRARY_IMPL(leapdec, CPU, m) {
   m.impl("unmask_and_filter", &leapdec::unmask_and_filter_cpu);
   m.impl("topological_reorder", &leapdec::topological_reorder_cpu);
   m.impl("ctc_prefix_score", &leapdec::ctc_prefix_score_cpu);
+  m.impl("linear", &leapdec::linear_cpu);
   // @@ more CPU impls go above this line
 }
 
@@ -86,6 +89,7 @@ TORCH_LIBRARY_IMPL(leapdec, CUDA, m) {
   m.impl("unmask_and_filter", &leapdec::unmask_and_filter_cuda);
   m.impl("topological_reorder", &leapdec::topological_reorder_cuda);
   m.impl("ctc_prefix_score", &leapdec::ctc_prefix_score_cuda);
+  m.impl("linear", &leapdec::linear_cuda);
   // @@ more CUDA impls go above this line
 }
 #endif

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <utility>
 
+
 #if !defined(__GNUC__)
 #error "leapdec's CPU kernels need GCC or Clang (vector extensions)"
 #endif
@@ -19,8 +20,8 @@
 
 #if defined(__x86_64__)
 #define LEAPDEC_SIMD_X86 1
-#define LEAPDEC_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define LEAPDEC_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
+#define LEAPDEC_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define LEAPDEC_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
 #endif
 
 // The helpers are always inlined into their (ISA-specific) callers, so the vector-return
@@ -39,7 +40,9 @@ inline Isa best_isa() {
     Isa best = Isa::kBase;
 #ifdef LEAPDEC_SIMD_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+      best = Isa::kAvx2;
+    }
     if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vl")) {
@@ -110,6 +113,36 @@ LEAPDEC_SIMD_INLINE vf<W> load_bf16(const uint16_t* p) {
   std::memcpy(&f, &w, sizeof(f));
   return f;
 }
+
+#ifdef LEAPDEC_SIMD_X86
+// x86, W = 8 and 16: one zero-extending load and one shift. (The generic form compiles to two
+// half-width extensions and an insert, which made bf16 weight streaming compute bound.) Inline
+// asm, because an intrinsic's target would have to match every generic always-inline caller;
+// these widths are only instantiated inside the AVX2 and AVX-512 kernels.
+template <>
+LEAPDEC_SIMD_INLINE vf<8> load_bf16<8>(const uint16_t* p) {
+  vi<8> r;
+  asm("vpmovzxwd %1, %0\n\tvpslld $16, %0, %0" : "=x"(r) : "m"(*reinterpret_cast<const uint16_t(*)[8]>(p)));
+  return reinterpret_cast<vf<8>>(r);
+}
+template <>
+LEAPDEC_SIMD_INLINE vf<16> load_bf16<16>(const uint16_t* p) {
+  vi<16> r;
+  asm("vpmovzxwd %1, %0\n\tvpslld $16, %0, %0" : "=v"(r) : "m"(*reinterpret_cast<const uint16_t(*)[16]>(p)));
+  return reinterpret_cast<vf<16>>(r);
+}
+// W float16 values widened to float32 (F16C: every AVX2 CPU has it).
+LEAPDEC_SIMD_INLINE vf<8> load_f16x8(const uint16_t* p) {
+  vf<8> r;
+  asm("vcvtph2ps %1, %0" : "=x"(r) : "m"(*reinterpret_cast<const uint16_t(*)[8]>(p)));
+  return r;
+}
+LEAPDEC_SIMD_INLINE vf<16> load_f16x16(const uint16_t* p) {
+  vf<16> r;
+  asm("vcvtph2ps %1, %0" : "=v"(r) : "m"(*reinterpret_cast<const uint16_t(*)[16]>(p)));
+  return r;
+}
+#endif
 
 template <int W>
 LEAPDEC_SIMD_INLINE vf<W> vmax(vf<W> a, vf<W> b) {

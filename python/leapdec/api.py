@@ -23,22 +23,32 @@ def _gguf_source(name_or_path):
     return None
 
 
-def load_model(name_or_path, device="cpu", dtype=None) -> Transformer:
+def load_model(name_or_path, device="cpu", dtype=None, weight_dtype=None) -> Transformer:
     """A ``Transformer`` from a zoo name (``"stdlib-ar"``, ``"smollm2-135m-instruct"``), a Hugging
     Face checkpoint directory or a GGUF file (Llama / Qwen2 / Qwen3; dequantized).
 
     ``device``: where the weights go; ``dtype``: None keeps the checkpoint's dtype (float16
     becomes float32 on CPU; a GGUF file loads as float32), or torch.float32 / torch.bfloat16 /
-    torch.float16 (or their names).
+    torch.float16 (or their names). ``weight_dtype`` (e.g. ``"bfloat16"``): store the linear
+    layers' weights (LM head included) in that dtype while activations, embeddings and the KV
+    cache keep ``dtype``; a CPU decode step then reads half the bytes
+    (``leapdec.models.linear.stream_weights``). Load companions after this.
     """
     source = _gguf_source(name_or_path)
     if source is not None:
         from leapdec.models.gguf import load_gguf
 
-        return load_gguf(source[0], device=device, dtype=dtype, checkpoint_dir=source[1])
-    path = zoo.resolve(name_or_path)
-    _refuse_image_models(path)
-    return load_checkpoint(path, device=device, dtype=dtype)
+        model = load_gguf(source[0], device=device, dtype=dtype, checkpoint_dir=source[1])
+    else:
+        path = zoo.resolve(name_or_path)
+        _refuse_image_models(path)
+        model = load_checkpoint(path, device=device, dtype=dtype)
+    if weight_dtype is not None:
+        from leapdec.models.linear import stream_weights
+        from leapdec.models.loading import resolve_dtype
+
+        stream_weights(model, resolve_dtype(weight_dtype, model.dtype, model.device))
+    return model
 
 
 def _refuse_image_models(path: Path) -> None:

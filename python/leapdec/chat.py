@@ -184,14 +184,14 @@ def _stream_reply(model, tok, ids, stops, method, max_new_tokens, temperature, o
 
 
 def repl(name_or_path, device="cpu", method="ar", max_new_tokens=256, temperature=0.0, system=None,
-         stdin=None, out=None, **options) -> int:
+         stdin=None, out=None, weight_dtype=None, **options) -> int:
     """``leapdec chat``: read a user message per line, stream the model's reply; the conversation is
     kept. ``/reset`` starts a new one, ``/exit`` (or end of input) quits."""
     import leapdec
 
     stdin = stdin or sys.stdin
     out = out or sys.stdout
-    model = leapdec.load_model(name_or_path, device=device)
+    model = leapdec.load_model(name_or_path, device=device, weight_dtype=weight_dtype)
     tok = leapdec.load_tokenizer(name_or_path)
     template = chat_template(model if getattr(model, "gguf_path", None) else name_or_path)
     stops = stop_tokens(template, tok, model)

@@ -190,7 +190,7 @@ def _demo_chat(args, name: str = "smollm2-135m-instruct") -> None:
 def _generate(args) -> int:
     import leapdec
 
-    model = leapdec.load_model(args.model, device=args.device)
+    model = leapdec.load_model(args.model, device=args.device, weight_dtype=args.weight_dtype)
     tok = leapdec.load_tokenizer(args.model)
     ids = tok.encode(args.prompt).ids
     options = parse_options(args.option, args.method)
@@ -213,7 +213,7 @@ def _chat(args) -> int:
     from leapdec.chat import repl
 
     return repl(args.model, device=args.device, method=args.method, max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature, system=args.system)
+                temperature=args.temperature, system=args.system, weight_dtype=args.weight_dtype)
 
 
 def _bench(args) -> int:
@@ -331,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a method option, repeatable (e.g. -o block_length=32 -o eotp=true): values are "
                         "booleans (true/false/1/0), ints, floats, none or strings; options with a flag "
                         "of their own (temperature, max_new_tokens, method, model, device) are refused")
+    p.add_argument("--weight-dtype", choices=["bfloat16", "float16", "float32"], default=None,
+                   help="store the linear weights in this dtype, activations and KV cache staying in the "
+                        "model's (bfloat16 halves the bytes a CPU decode step reads)")
     p.add_argument("--chat", action="store_true",
                    help="PROMPT is a user message: apply the model's chat template, print only the reply, "
                         "stop at its end-of-turn token")
@@ -348,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0,
                    help="0 decodes greedily, > 0 samples (default: %(default)s)")
     p.add_argument("--system", default=None, help="a system message opening the conversation")
+    p.add_argument("--weight-dtype", choices=["bfloat16", "float16", "float32"], default=None,
+                   help="store the linear weights in this dtype, activations and KV cache staying in the "
+                        "model's (bfloat16 halves the bytes a CPU decode step reads)")
     p.add_argument("--device", type=_device, default="cpu", metavar="DEVICE",
                    help=f"{DEVICE_HELP} (default: %(default)s)")
     _add_debug(p)

@@ -162,6 +162,15 @@ TREE_ABSENT_PARENT = -2
 TYPICAL_ENTROPY_EPS = 1e-5  # Medusa's entropy: -sum p log(p + eps)
 
 
+def linear(x, weight, bias=None):
+    """``x [..., K] @ weight [N, K]^T (+ bias [N])``, computed in float32 and returned in x's
+    dtype (the weight may be stored in another float dtype)."""
+    y = x.float() @ weight.float().T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
 def tree_children(parents_row):
     """Children of every node of one tree (a list of parent ids), in index order."""
     children = [[] for _ in parents_row]

@@ -16,6 +16,7 @@ BENCHMARKS = {
     "wedlm": "WeDLM entropy-threshold sweep on stdlib-wedlm vs our AR engine",
     "steps": "where a decoding step's time goes per method (forwards, matmuls, leapdec ops, Python), batch 1",
     "pearl": "PEARL (inline, thread, two processes) vs sd with the same drafter and our AR engine",
+    "linear": "ops.linear (few rows, 16-bit weights widened in registers) vs F.linear over one decode step's layers",
     "ctc": "ctc_prefix_score op vs the ESPnet-style PyTorch CTC prefix scorer: one step and the joint beam search",
 }
 

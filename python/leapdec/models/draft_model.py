@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from leapdec.models.config import ModelConfig
+from leapdec.models.linear import linear
 from leapdec.models.loading import hf_name, our_name, read_safetensors
 from leapdec.models.transformer import Transformer
 from leapdec.models.vocab import check_vocab_ids
@@ -61,11 +62,11 @@ class SharedHead(nn.Module):
 
     def subset_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Logits over the draft vocabulary only ``[..., len(vocab_ids)]`` (training)."""
-        return F.linear(h, self.rows())
+        return linear(h, self.rows())
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.vocab_ids is None:
-            return F.linear(h, self.weight)
+            return linear(h, self.weight)
         out = h.new_full((*h.shape[:-1], self.vocab_size), float("-inf"))
         out[..., self.vocab_ids] = self.subset_logits(h)
         return out

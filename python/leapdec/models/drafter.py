@@ -32,6 +32,7 @@ from torch import nn
 
 from leapdec.kv_cache import PagedKVCache
 from leapdec.models.config import ModelConfig
+from leapdec.models.linear import Linear, linear
 from leapdec.models.loading import read_safetensors
 from leapdec.models.transformer import MASK_MODES, DecoderLayer, RMSNorm, StepInput
 from leapdec.models.rope import rope_cos_sin_cache
@@ -70,7 +71,7 @@ class FalconDrafter(nn.Module):
         self.meta = dict(meta or {})
         h = config.hidden_size
         kw = dict(device=device, dtype=dtype)
-        self.fc = nn.Linear(2 * h, h, bias=True, **kw)
+        self.fc = Linear(2 * h, h, bias=True, **kw)
         self.layers = nn.ModuleList(DecoderLayer(config, device, dtype) for _ in range(config.num_hidden_layers))
         self._rope: dict = {}
         self.vocab_size = config.vocab_size
@@ -132,7 +133,7 @@ class FalconDrafter(nn.Module):
         if self.vocab_ids is None:
             return lm_head(features)
         weight = gathered_rows(self, lm_head.weight)
-        return torch.nn.functional.linear(features.to(weight.dtype), weight)
+        return linear(features, weight)
 
     def token_ids(self, draft_positions: torch.Tensor) -> torch.Tensor:
         """Token ids of positions in :meth:`draft_logits`' last dimension."""

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from leapdec.models.linear import Linear, linear
 from leapdec.models.loading import read_safetensors
 from leapdec.models.vocab import check_vocab_ids as _check_vocab_ids, draft_index, gathered_rows
 
@@ -48,7 +49,7 @@ class ResBlock(nn.Module):
 
     def __init__(self, hidden_size: int, device=None, dtype=None):
         super().__init__()
-        self.linear = nn.Linear(hidden_size, hidden_size, device=device, dtype=dtype)
+        self.linear = Linear(hidden_size, hidden_size, device=device, dtype=dtype)
         nn.init.zeros_(self.linear.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +87,7 @@ class MedusaHeads(nn.Module):
         def output():                       # each head its own projection unless the LM head is shared
             if self.shared_lm_head:
                 return []
-            return [nn.Linear(hidden_size, self.draft_vocab_size, bias=False, device=device, dtype=dtype)]
+            return [Linear(hidden_size, self.draft_vocab_size, bias=False, device=device, dtype=dtype)]
 
         self.heads = nn.ModuleList(
             nn.Sequential(*[ResBlock(hidden_size, device, dtype) for _ in range(num_layers)], *output())
@@ -158,7 +159,7 @@ class MedusaHeads(nn.Module):
                              f"{tuple(hidden.shape)}")
         if self.shared_lm_head:
             w = self._shared_weight()
-            return torch.stack([F.linear(head(hidden), w) for head in self.heads], dim=-2)
+            return torch.stack([linear(head(hidden), w) for head in self.heads], dim=-2)
         return torch.stack([head(hidden) for head in self.heads], dim=-2)
 
     def _stacked_output(self) -> torch.Tensor:
@@ -195,7 +196,7 @@ class MedusaHeads(nn.Module):
         for w, b in self._stacked_resblocks():                                   # every head at once
             x = x + F.silu(torch.baddbmm(b, x, w))
         if self.shared_lm_head:                                                  # one GEMM, all heads
-            logits = F.linear(x, self._shared_weight())                          # [H, N, V]
+            logits = linear(x, self._shared_weight())                            # [H, N, V]
         else:
             logits = torch.bmm(x, self._stacked_output())                        # [H, N, V]
         top = logits.topk(k, dim=-1).indices.transpose(0, 1)

@@ -1,11 +1,12 @@
 // Runs the leapdec CUDA kernel templates under host emulation (emu_prelude.h, emu_mma.cuh) and
 // compares them with a double-precision reference: the split-KV decode kernel, the tensor-core
-// and CUDA-core multi-query kernels, the split merge, the cache writes and RoPE; plus a run with
+// and CUDA-core multi-query kernels, the split merge, the cache writes, RoPE and linear; plus a run with
 // corrupt indices whose only check is that nothing is read or written out of bounds (built with
 // AddressSanitizer by tests/ops/test_cuda_kernels_emulated.py). Usage: kernels_emulated [suite]
-// with suite one of fastdiv, writes, decode, mma, simt, generic, corrupt (default: all). Exit 1 on failure.
+// with suite one of fastdiv, writes, decode, mma, simt, generic, corrupt, linear (default: all). Exit 1 on failure.
 #include "leapdec/attention_decode.cuh"
 #include "leapdec/attention_prefill.cuh"
+#include "leapdec/linear.cuh"
 #include "leapdec/paged_kv.cuh"
 #include "leapdec/rope.cuh"
 
@@ -15,6 +16,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 using namespace leapdec;
@@ -285,6 +287,37 @@ void run_writes(unsigned seed) {
   std::printf("%-5s writes (append/move/rope) T=%zu\n", ok ? "ok" : "FAIL", sizeof(T));
 }
 
+// linear_few_rows_kernel: out[m, n] = x[m, k] @ w[n, k]^T (+ bias) against a double reference,
+// with n not a multiple of the warps per block (the last block's idle warps) and k not a
+// multiple of 32 (lanes past the end).
+template <typename TX, typename TW>
+void run_linear(int m, int n, int k, bool with_bias, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<TX> x(size_t(m) * k), out(size_t(m) * n, fromf<TX>(-7.f));
+  std::vector<TW> w(size_t(n) * k), b(n);
+  for (auto& v : x) v = fromf<TX>(nd(rng));
+  for (auto& v : w) v = fromf<TW>(nd(rng));
+  for (auto& v : b) v = fromf<TW>(nd(rng));
+  const TW* bp = with_bias ? b.data() : nullptr;
+  emu::launch(dim3((n + kLinearWarps - 1) / kLinearWarps), dim3(32 * kLinearWarps),
+              [&] { linear_few_rows_kernel<TX, TW, TW>(out.data(), x.data(), w.data(), bp, m, n, k); });
+  double worst = 0;
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < n; ++j) {
+      double ref = with_bias ? tof(b[j]) : 0.0;
+      for (int c = 0; c < k; ++c) ref += double(tof(x[size_t(i) * k + c])) * tof(w[size_t(j) * k + c]);
+      const double err = std::abs(tof(out[size_t(i) * n + j]) - ref) / (1.0 + std::abs(ref));
+      worst = std::max(worst, err);
+    }
+  }
+  const double tol = sizeof(TX) == 4 ? 1e-5 : (std::is_same_v<TX, __half> ? 2e-3 : 1.6e-2);
+  const bool ok = worst <= tol;
+  if (!ok) ++g_fail;
+  std::printf("%-5s linear m%d n%d k%d%s (max rel err %.2e)\n", ok ? "ok" : "FAIL", m, n, k,
+              with_bias ? " bias" : "", worst);
+}
+
 int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
   if (only.empty() || only == "fastdiv") {  // page_size division over a range of divisors
@@ -341,6 +374,12 @@ int main(int argc, char** argv) {
     Case c2{{40, 7}, {150, 40}, 4, 2, 16, kMaskCustom, 2, 0, "corrupt mma"};
     run_attention<__half, 64, 1>(c2, 12, true, true);
     run_attention<float, 64, 2>(c2, 13, true, true);
+  }
+  if (only.empty() || only == "linear") {
+    run_linear<float, float>(1, 9, 70, false, 21);
+    run_linear<float, __nv_bfloat16>(5, 13, 33, true, 22);
+    run_linear<__half, __half>(16, 6, 100, true, 23);
+    run_linear<__nv_bfloat16, float>(3, 4, 5, false, 24);
   }
   std::printf(g_fail ? "FAILURES: %d\n" : "all ok\n", g_fail);
   return g_fail != 0;

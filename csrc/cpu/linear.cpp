@@ -1,0 +1,252 @@
+// CPU linear (reference.py): out[M, N] = x[M, K] @ weight[N, K]^T (+ bias[N]) for the few rows
+// a decode, verify or draft step has. Such a step streams the weights once, so it is memory
+// bound: the kernel reads each weight row once per tile of W/4 x rows, widens 16-bit weights
+// (bf16, fp16) to float32 in registers, and accumulates in float32. torch's sgemm, by
+// contrast, costs 1.8x its one-row time for two rows and 2.5x for five on this machine's
+// AVX2 cores, and its one-row GEMV uses one thread. One task per block of weight rows.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "checks.h"
+#include "ops.h"
+#include "simd.h"
+
+namespace leapdec {
+namespace {
+
+using simd::vf;
+
+constexpr int kRows = 4;                         // weight rows per tile (several x rows)
+constexpr int64_t kBlock = 16;                   // weight rows per unit of parallel work
+constexpr int64_t kTaskElems = 1 << 15;          // weight elements per parallel task (at least)
+
+// W weights at p widened to float32.
+template <int W>
+LEAPDEC_SIMD_INLINE vf<W> load_w(const float* p) {
+  return simd::load<W>(p);
+}
+template <int W>
+LEAPDEC_SIMD_INLINE vf<W> load_w(const c10::BFloat16* p) {
+  return simd::load_bf16<W>(reinterpret_cast<const uint16_t*>(p));
+}
+template <int W>
+LEAPDEC_SIMD_INLINE vf<W> load_w(const c10::Half* p) {
+#ifdef LEAPDEC_SIMD_X86
+  if constexpr (W == 8) return simd::load_f16x8(reinterpret_cast<const uint16_t*>(p));
+  if constexpr (W == 16) return simd::load_f16x16(reinterpret_cast<const uint16_t*>(p));
+#endif
+  float tmp[W];
+  for (int i = 0; i < W; ++i) tmp[i] = static_cast<float>(p[i]);
+  return simd::load<W>(tmp);
+}
+
+// One tile: R weight rows (wr[R], widened from T) against MT x rows from xr (row stride k),
+// over columns [c0, c1) (a multiple of W long); acc[m * R + r] += the lane-wise products.
+template <int W, int R, int MT, typename T>
+LEAPDEC_SIMD_INLINE void tile_dots(const float* xr, int64_t k, const T* const* wr, int64_t c0,
+                                   int64_t c1, vf<W>* acc) {
+  for (int64_t c = c0; c < c1; c += W) {
+    vf<W> wv[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) wv[r] = load_w<W>(wr[r] + c);
+#pragma GCC unroll 16
+    for (int m = 0; m < MT; ++m) {
+      const vf<W> xv = simd::load<W>(xr + m * k + c);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) acc[m * R + r] += wv[r] * xv;
+    }
+  }
+}
+
+// Rows [n0, n1) of y[Mp, N] (float32) for x[Mp, K] float32 (Mp a multiple of MT, padded rows
+// zero) and weight rows of type T. Each tile is R weight rows x MT x rows with R * MT = W, so its
+// W dot products reduce with one hsum_many. With several x tiles, 16-bit weights are widened
+// once per chunk of kChunk columns into a float32 buffer (in L1) that every x tile then reads.
+template <int W, int R, typename T>
+LEAPDEC_SIMD_INLINE void linear_rows(const float* x, const T* w, float* y, int64_t mp, int64_t n,
+                                     int64_t k, int64_t n0, int64_t n1) {
+  constexpr int MT = W / R;
+  constexpr int64_t kChunk = 512;
+  const int64_t kv = k - k % W;
+  const bool widen = !std::is_same_v<T, float> && mp > MT;
+  alignas(64) float buf[R * kChunk];
+  for (int64_t r0 = n0; r0 < n1; r0 += R) {
+    const T* wr[R];
+    for (int r = 0; r < R; ++r) wr[r] = w + std::min<int64_t>(r0 + r, n - 1) * k;  // clamp the tail
+    // Column tails (k % W) by scalar products.
+    for (int64_t m = 0; m < mp; ++m) {
+      for (int r = 0; r < R && r0 + r < n1; ++r) {
+        float s = 0.0f;
+        for (int64_t c = kv; c < k; ++c) s += static_cast<float>(wr[r][c]) * x[m * k + c];
+        y[m * n + r0 + r] = s;
+      }
+    }
+    const int64_t chunk = widen ? kChunk : std::max<int64_t>(kv, 1);
+    for (int64_t c0 = 0; c0 < kv; c0 += chunk) {
+      const int64_t c1 = std::min(kv, c0 + chunk);
+      const float* fr[R];
+      if (widen) {
+        for (int r = 0; r < R; ++r) {
+          for (int64_t c = c0; c < c1; c += W) simd::store<W>(buf + r * kChunk + (c - c0), load_w<W>(wr[r] + c));
+          fr[r] = buf + r * kChunk - c0;
+        }
+      }
+      for (int64_t m0 = 0; m0 < mp; m0 += MT) {
+        vf<W> acc[W];
+        for (int a = 0; a < W; ++a) acc[a] = simd::splat<W>(0.0f);
+        if (widen) {
+          tile_dots<W, R, MT>(x + m0 * k, k, fr, c0, c1, acc);
+        } else {
+          tile_dots<W, R, MT>(x + m0 * k, k, wr, c0, c1, acc);
+        }
+        const vf<W> dots = simd::hsum_many<W>(acc);  // lane m * R + r
+        for (int m = 0; m < MT; ++m) {
+          for (int r = 0; r < R && r0 + r < n1; ++r) y[(m0 + m) * n + r0 + r] += dots[m * R + r];
+        }
+      }
+    }
+  }
+}
+
+// The kernel for one ISA: one x row uses W weight rows per tile, more use kRows.
+template <int W, typename T>
+LEAPDEC_SIMD_INLINE void linear_rows_any(const float* x, const T* w, float* y, int64_t mp,
+                                         int64_t n, int64_t k, int64_t n0, int64_t n1) {
+  if (mp == 1) {
+    linear_rows<W, W>(x, w, y, mp, n, k, n0, n1);
+  } else {
+    linear_rows<W, kRows>(x, w, y, mp, n, k, n0, n1);
+  }
+}
+
+template <typename T>
+using RowsFn = void (*)(const float*, const T*, float*, int64_t, int64_t, int64_t, int64_t, int64_t);
+
+template <typename T>
+void rows_base(const float* x, const T* w, float* y, int64_t mp, int64_t n, int64_t k, int64_t n0,
+               int64_t n1) {
+  linear_rows_any<4>(x, w, y, mp, n, k, n0, n1);
+}
+#ifdef LEAPDEC_SIMD_X86
+template <typename T>
+LEAPDEC_TARGET_AVX2 void rows_avx2(const float* x, const T* w, float* y, int64_t mp, int64_t n,
+                                   int64_t k, int64_t n0, int64_t n1) {
+  linear_rows_any<8>(x, w, y, mp, n, k, n0, n1);
+}
+template <typename T>
+LEAPDEC_TARGET_AVX512 void rows_avx512(const float* x, const T* w, float* y, int64_t mp, int64_t n,
+                                       int64_t k, int64_t n0, int64_t n1) {
+  linear_rows_any<16>(x, w, y, mp, n, k, n0, n1);
+}
+#endif
+
+template <typename T>
+std::pair<RowsFn<T>, int> pick_rows_fn() {  // (kernel, x rows per tile)
+#ifdef LEAPDEC_SIMD_X86
+  switch (simd::best_isa()) {
+    case simd::Isa::kAvx512:
+      return {&rows_avx512<T>, 16 / kRows};
+    case simd::Isa::kAvx2:
+      return {&rows_avx2<T>, 8 / kRows};
+    default:
+      break;
+  }
+#endif
+  return {&rows_base<T>, 4 / kRows};
+}
+
+template <typename T>
+void linear_impl(const float* x, const T* w, float* y, int64_t mp, int64_t n, int64_t k) {
+  const auto [fn, mt] = pick_rows_fn<T>();
+  (void)mt;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  const int64_t grain = std::max<int64_t>(1, kTaskElems / std::max<int64_t>(k * kBlock, 1));
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    fn(x, w, y, mp, n, k, b0 * kBlock, std::min(n, b1 * kBlock));
+  });
+}
+
+int x_rows_per_tile(at::ScalarType wtype) {
+  switch (wtype) {
+    case at::kBFloat16:
+      return pick_rows_fn<c10::BFloat16>().second;
+    case at::kHalf:
+      return pick_rows_fn<c10::Half>().second;
+    default:
+      return pick_rows_fn<float>().second;
+  }
+}
+
+}  // namespace
+
+void linear_cpu(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                const std::optional<at::Tensor>& bias) {
+  check_linear_args(out, x, weight, bias);
+  const int64_t m = x.size(0), k = x.size(1), n = weight.size(0);
+  if (m == 0 || n == 0) return;
+  // x as float32 rows padded to a whole number of tiles (zeros), y as float32 [Mp, N].
+  const int64_t mt = x_rows_per_tile(weight.scalar_type());
+  const int64_t mp = m == 1 ? 1 : (m + mt - 1) / mt * mt;  // one row runs untiled
+  const bool direct_x = x.scalar_type() == at::kFloat && mp == m;
+  const bool direct_y = out.scalar_type() == at::kFloat && mp == m;
+  std::vector<float> xbuf(direct_x ? 0 : mp * k, 0.0f), ybuf(direct_y ? 0 : mp * n);
+  const float* xp = x.scalar_type() == at::kFloat && direct_x ? x.data_ptr<float>() : xbuf.data();
+  if (!direct_x) {
+    if (x.scalar_type() == at::kFloat) {
+      std::memcpy(xbuf.data(), x.data_ptr<float>(), m * k * sizeof(float));
+    } else {  // checked: bfloat16
+      const c10::BFloat16* xs = x.data_ptr<c10::BFloat16>();
+      for (int64_t i = 0; i < m * k; ++i) xbuf[i] = static_cast<float>(xs[i]);
+    }
+  }
+  float* yp = direct_y ? out.data_ptr<float>() : ybuf.data();
+  if (k == 0) {
+    std::fill(yp, yp + mp * n, 0.0f);
+  } else {
+    switch (weight.scalar_type()) {
+      case at::kFloat:
+        linear_impl(xp, weight.data_ptr<float>(), yp, mp, n, k);
+        break;
+      case at::kBFloat16:
+        linear_impl(xp, weight.data_ptr<c10::BFloat16>(), yp, mp, n, k);
+        break;
+      default:  // checked: float16
+        linear_impl(xp, weight.data_ptr<c10::Half>(), yp, mp, n, k);
+        break;
+    }
+  }
+  if (bias.has_value()) {
+    const at::Tensor& b = *bias;
+    for (int64_t i = 0; i < m; ++i) {
+      float* row = yp + i * n;
+      if (b.scalar_type() == at::kFloat) {
+        const float* bp = b.data_ptr<float>();
+        for (int64_t j = 0; j < n; ++j) row[j] += bp[j];
+      } else if (b.scalar_type() == at::kBFloat16) {
+        const c10::BFloat16* bp = b.data_ptr<c10::BFloat16>();
+        for (int64_t j = 0; j < n; ++j) row[j] += static_cast<float>(bp[j]);
+      } else {
+        const c10::Half* bp = b.data_ptr<c10::Half>();
+        for (int64_t j = 0; j < n; ++j) row[j] += static_cast<float>(bp[j]);
+      }
+    }
+  }
+  if (!direct_y) {
+    if (out.scalar_type() == at::kFloat) {
+      std::memcpy(out.data_ptr<float>(), yp, m * n * sizeof(float));
+    } else {  // checked: bfloat16
+      c10::BFloat16* o = out.data_ptr<c10::BFloat16>();
+      for (int64_t i = 0; i < m * n; ++i) o[i] = static_cast<c10::BFloat16>(yp[i]);
+    }
+  }
+}
+
+}  // namespace leapdec

@@ -200,18 +200,29 @@ int64_t check_rope_append_args(const at::Tensor& q, const at::Tensor& k, const a
   return rot;
 }
 
-void check_linear_args(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
-                       const std::optional<at::Tensor>& bias) {
+int64_t check_linear_args(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias) {
   check_dim(x, 2, "x", "[M, K]");
-  check_dim(weight, 2, "weight", "[N, K]");
   check_dim(out, 2, "out", "[M, N]");
+  TORCH_CHECK(weight.dim() == 2 || weight.dim() == 4, "weight must be 2-D [N, K] or 4-D packed ",
+              "[ceil(N/8), ceil(K/8), 8, 8] (ops.pack_linear_weight), got shape ", weight.sizes());
   const bool cuda = x.is_cuda();
   check_float_dtype(x, "x", cuda);
   check_float_dtype(weight, "weight", cuda);
-  TORCH_CHECK(weight.size(1) == x.size(1), "weight must be [N, ", x.size(1),
-              "] (K = the last dim of x), got ", weight.sizes());
-  TORCH_CHECK(out.size(0) == x.size(0) && out.size(1) == weight.size(0), "out must be [",
-              x.size(0), ", ", weight.size(0), "] ([M, N]), got ", out.sizes());
+  const int64_t k = x.size(1);
+  int64_t n = weight.size(0);
+  if (weight.dim() == 4) {
+    n = out.size(1);
+    TORCH_CHECK(weight.size(0) == (n + 7) / 8 && weight.size(1) == (k + 7) / 8 && weight.size(2) == 8 &&
+                    weight.size(3) == 8,
+                "packed weight must be [", (n + 7) / 8, ", ", (k + 7) / 8, ", 8, 8] for N = ", n,
+                " (out's last dim) and K = ", k, " (x's last dim), got ", weight.sizes());
+  } else {
+    TORCH_CHECK(weight.size(1) == k, "weight must be [N, ", k, "] (K = the last dim of x), got ",
+                weight.sizes());
+  }
+  TORCH_CHECK(out.size(0) == x.size(0) && out.size(1) == n, "out must be [", x.size(0), ", ", n,
+              "] ([M, N]), got ", out.sizes());
   TORCH_CHECK(out.scalar_type() == x.scalar_type(), "out must have the dtype of x (",
               x.scalar_type(), "), got ", out.scalar_type());
   check_same_device(weight, x, "weight", "x");
@@ -222,12 +233,12 @@ void check_linear_args(const at::Tensor& out, const at::Tensor& x, const at::Ten
   if (bias.has_value()) {
     const at::Tensor& b = *bias;
     check_dim(b, 1, "bias", "[N]");
-    TORCH_CHECK(b.size(0) == weight.size(0), "bias must be [", weight.size(0), "] (N), got ",
-                b.sizes());
+    TORCH_CHECK(b.size(0) == n, "bias must be [", n, "] (N), got ", b.sizes());
     check_float_dtype(b, "bias", cuda);
     check_same_device(b, x, "bias", "x");
     check_contiguous(b, "bias");
   }
+  return n;
 }
 
 }  // namespace leapdec

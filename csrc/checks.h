@@ -56,10 +56,10 @@ int64_t check_rope_append_args(const at::Tensor& q, const at::Tensor& k, const a
                                const at::Tensor& k_cache, const at::Tensor& v_cache,
                                const at::Tensor& slot_mapping);
 
-// linear: x [M, K], weight [N, K], out [M, N] in x's dtype, bias [N] or None; float dtypes,
-// one device, contiguous.
-void check_linear_args(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
-                       const std::optional<at::Tensor>& bias);
+// linear: x [M, K], weight [N, K] or packed [ceil(N/8), ceil(K/8), 8, 8], out [M, N] in x's
+// dtype, bias [N] or None; float dtypes, one device, contiguous. Returns N.
+int64_t check_linear_args(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias);
 
 // Everything about paged_attention that can be checked without reading index values.
 // Returns the parsed mask mode (0 none, 1 causal, 2 custom).

@@ -174,6 +174,103 @@ void linear_impl(const float* x, const T* w, float* y, int64_t mp, int64_t n, in
   });
 }
 
+// ---------------------------------------------------------------- packed weights
+// weight: [ceil(N/8), ceil(K/8), 8, 8] (ops.pack_linear_weight): tile t, column block b holds rows
+// 8t + r, columns 8b + j at [t][b][r][j], zero padded. A tile's rows are one sequential run of
+// memory, which streams from DRAM ~1.5x faster on this machine than 8 rows read side by side.
+
+// acc[r] += the products of the 8 rows of blocks [b0, b1) of src (packed order, 64 per block)
+// with x row xr (V = 8 / W vectors per block).
+template <int W, typename S>
+LEAPDEC_SIMD_INLINE void packed_dots(const S* src, const float* xr, int64_t b0, int64_t b1, vf<W>* acc) {
+  constexpr int V = 8 / W;
+  for (int64_t b = b0; b < b1; ++b) {
+    vf<W> xv[V];
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) xv[v] = simd::load<W>(xr + b * 8 + v * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) {
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v) acc[r] += load_w<W>(src + b * 64 + r * 8 + v * W) * xv[v];
+    }
+  }
+}
+
+// Tiles [t0, t1) of y[M, N] (float32) for x[M, K] float32 and packed weights of type T. With
+// several x rows, 16-bit weights are widened once per chunk into a float32 buffer (in L1).
+template <int W, typename T>
+LEAPDEC_SIMD_INLINE void packed_tiles(const float* x, const T* w, float* y, int64_t m, int64_t n,
+                                      int64_t k, int64_t t0, int64_t t1) {
+  constexpr int64_t kChunk = 64;  // column blocks per chunk
+  const int64_t kb = (k + 7) / 8, kfull = k / 8;
+  const bool widen = !std::is_same_v<T, float> && m > 1;
+  alignas(64) float buf[kChunk * 64];
+  for (int64_t t = t0; t < t1; ++t) {
+    const T* wt = w + t * kb * 64;
+    const int rows = static_cast<int>(std::min<int64_t>(8, n - t * 8));
+    float* yt = y + t * 8;
+    for (int64_t i = 0; i < m; ++i) {
+      for (int r = 0; r < rows; ++r) yt[i * n + r] = 0.0f;
+    }
+    for (int64_t c0 = 0; c0 < kfull; c0 += kChunk) {
+      const int64_t c1 = std::min(kfull, c0 + kChunk);
+      if (widen) {
+        for (int64_t e = c0 * 64; e < c1 * 64; e += W) simd::store<W>(buf + e - c0 * 64, load_w<W>(wt + e));
+      }
+      for (int64_t i = 0; i < m; ++i) {
+        vf<W> acc[8];
+        for (auto& a : acc) a = simd::splat<W>(0.0f);
+        if (widen) {
+          packed_dots<W>(buf - c0 * 64, x + i * k, c0, c1, acc);
+        } else {
+          packed_dots<W>(wt, x + i * k, c0, c1, acc);
+        }
+        if constexpr (W == 8) {
+          const vf<8> dots = simd::hsum_many<8>(acc);
+          for (int r = 0; r < rows; ++r) yt[i * n + r] += dots[r];
+        } else {
+          for (int r = 0; r < rows; ++r) yt[i * n + r] += simd::hsum<W>(acc[r]);
+        }
+      }
+    }
+    if (kfull < kb) {  // the last, partial column block
+      const T* tail = wt + kfull * 64;
+      for (int64_t i = 0; i < m; ++i) {
+        const float* xr = x + i * k + kfull * 8;
+        for (int r = 0; r < rows; ++r) {
+          float s = 0.0f;
+          for (int64_t j = 0; j < k - kfull * 8; ++j) s += static_cast<float>(tail[r * 8 + j]) * xr[j];
+          yt[i * n + r] += s;
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void packed_base(const float* x, const T* w, float* y, int64_t m, int64_t n, int64_t k, int64_t t0,
+                 int64_t t1) {
+  packed_tiles<4>(x, w, y, m, n, k, t0, t1);
+}
+#ifdef LEAPDEC_SIMD_X86
+template <typename T>
+LEAPDEC_TARGET_AVX2 void packed_avx2(const float* x, const T* w, float* y, int64_t m, int64_t n,
+                                     int64_t k, int64_t t0, int64_t t1) {
+  packed_tiles<8>(x, w, y, m, n, k, t0, t1);
+}
+#endif
+
+template <typename T>
+void packed_impl(const float* x, const T* w, float* y, int64_t m, int64_t n, int64_t k) {
+  RowsFn<T> fn = &packed_base<T>;
+#ifdef LEAPDEC_SIMD_X86
+  if (simd::best_isa() != simd::Isa::kBase) fn = &packed_avx2<T>;  // AVX-512 CPUs run it too
+#endif
+  const int64_t tiles = (n + 7) / 8;
+  const int64_t grain = std::max<int64_t>(1, kTaskElems / std::max<int64_t>(((k + 7) / 8) * 64, 1));
+  at::parallel_for(0, tiles, grain, [&](int64_t a, int64_t b) { fn(x, w, y, m, n, k, a, b); });
+}
+
 int x_rows_per_tile(at::ScalarType wtype) {
   switch (wtype) {
     case at::kBFloat16:
@@ -189,12 +286,14 @@ int x_rows_per_tile(at::ScalarType wtype) {
 
 void linear_cpu(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
                 const std::optional<at::Tensor>& bias) {
-  check_linear_args(out, x, weight, bias);
-  const int64_t m = x.size(0), k = x.size(1), n = weight.size(0);
+  const int64_t n = check_linear_args(out, x, weight, bias);
+  const int64_t m = x.size(0), k = x.size(1);
   if (m == 0 || n == 0) return;
-  // x as float32 rows padded to a whole number of tiles (zeros), y as float32 [Mp, N].
+  const bool packed = weight.dim() == 4;
+  // x as float32 rows padded to a whole number of tiles (zeros), y as float32 [Mp, N]. One row
+  // and packed weights run untiled over x.
   const int64_t mt = x_rows_per_tile(weight.scalar_type());
-  const int64_t mp = m == 1 ? 1 : (m + mt - 1) / mt * mt;  // one row runs untiled
+  const int64_t mp = (m == 1 || packed) ? m : (m + mt - 1) / mt * mt;
   const bool direct_x = x.scalar_type() == at::kFloat && mp == m;
   const bool direct_y = out.scalar_type() == at::kFloat && mp == m;
   std::vector<float> xbuf(direct_x ? 0 : mp * k, 0.0f), ybuf(direct_y ? 0 : mp * n);
@@ -211,15 +310,24 @@ void linear_cpu(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
   if (k == 0) {
     std::fill(yp, yp + mp * n, 0.0f);
   } else {
+    auto run = [&](auto tag) {
+      using T = decltype(tag);
+      const T* w = static_cast<const T*>(weight.data_ptr());
+      if (packed) {
+        packed_impl(xp, w, yp, mp, n, k);
+      } else {
+        linear_impl(xp, w, yp, mp, n, k);
+      }
+    };
     switch (weight.scalar_type()) {
       case at::kFloat:
-        linear_impl(xp, weight.data_ptr<float>(), yp, mp, n, k);
+        run(float{});
         break;
       case at::kBFloat16:
-        linear_impl(xp, weight.data_ptr<c10::BFloat16>(), yp, mp, n, k);
+        run(c10::BFloat16{});
         break;
       default:  // checked: float16
-        linear_impl(xp, weight.data_ptr<c10::Half>(), yp, mp, n, k);
+        run(c10::Half{});
         break;
     }
   }

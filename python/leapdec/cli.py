@@ -8,7 +8,11 @@ import os
 import sys
 import time
 
-BENCH_NAMES = ["attention", "decode", "unmask", "diffusion", "wedlm", "steps", "ctc"]
+from leapdec.bench import BENCHMARKS  # names and one-line descriptions only (no heavy imports)
+
+BENCH_NAMES = list(BENCHMARKS)
+# `leapdec bench` (all): every benchmark but pearl, which starts a second process per draft model
+BENCH_ALL = [name for name in BENCH_NAMES if name != "pearl"]
 DEVICE_HELP = "cpu, cuda or cuda:N"
 # generate's own flags: setting them again with -o would be ambiguous
 FLAG_OPTIONS = {"temperature": "--temperature", "max_new_tokens": "--max-new-tokens", "method": "--method",
@@ -227,7 +231,7 @@ def _bench(args) -> int:
         raise UsageError("options for a benchmark need its name: leapdec bench NAME [options]")
     if args.out:
         writable_dir(args.out)             # before any work (each benchmark checks its own --out too)
-    names = BENCH_NAMES if args.what == "all" else [args.what]
+    names = BENCH_ALL if args.what == "all" else [args.what]
     status = 0
     for name in names:
         argv = (["--quick"] if args.quick else []) + (["--out", args.out] if args.out else []) + rest
@@ -370,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: each benchmark's, bench_out)")
     _add_debug(p)
     p.add_argument("what", nargs="?", default="all", choices=["all"] + BENCH_NAMES, metavar="NAME",
-                   help=f"benchmark: all, {', '.join(BENCH_NAMES)} (default: all)")
+                   help=f"benchmark: all ({', '.join(BENCH_ALL)}), or one of {', '.join(BENCH_NAMES)} "
+                        f"(default: all)")
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="...", help="options for the benchmark itself")
     p.set_defaults(fn=_bench)
 

@@ -13,7 +13,7 @@ import torch
 
 from leapdec import reference as ref
 from leapdec.models.linear import FEW_ROWS, Linear, linear as model_linear, stream_weights
-from leapdec.ops import linear
+from leapdec.ops import linear, pack_linear_weight
 from leapdec.ops._lib import OPS
 
 from devices import dtypes_for
@@ -26,8 +26,8 @@ def weight_dtypes(device):
     return [torch.float32, torch.bfloat16, torch.float16]
 
 
-def check(x, w, b):
-    got = linear(x, w, b)
+def check(x, w, b, packed=False):
+    got = linear(x, pack_linear_weight(w), b, out_features=w.shape[0]) if packed else linear(x, w, b)
     want = ref.linear(x, w, b)
     assert got.dtype == x.dtype and got.shape == want.shape
     # float32 accumulation in another order: error grows with K and the rounding of the output.
@@ -46,6 +46,7 @@ def test_matches_reference(device, m, n, k):
                 w = torch.randn(n, k, generator=gen).to(device=device, dtype=w_dtype)
                 b = torch.randn(n, generator=gen).to(device=device, dtype=w_dtype) if with_bias else None
                 check(x, w, b)
+                check(x, w, b, packed=True)
 
 
 def test_leading_dims_and_strided_x(device):
@@ -81,6 +82,7 @@ def test_narrower_isa_builds(isa):
                 x = torch.randn(m, k, generator=gen)
                 w = torch.randn(n, k, generator=gen).to(wd)
                 check(x, w, torch.randn(n, generator=gen))
+                check(x, w, torch.randn(n, generator=gen), packed=True)
     """)
     env = dict(os.environ, LEAPDEC_CPU_ISA=isa)
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
@@ -101,11 +103,37 @@ def test_opcheck():
     (lambda x, w, o: (o, x, w.int(), None), "weight must be float32, bfloat16 or float16"),
     (lambda x, w, o: (o, x, w.t().contiguous().t(), None), "weight must be contiguous"),
     (lambda x, w, o: (o, x, w, torch.zeros(3)), "bias must be"),
+    (lambda x, w, o: (o, x, torch.zeros(2, 1, 8, 8), None), "packed weight must be"),
+    (lambda x, w, o: (o, x, torch.zeros(4, 6, 1), None), "weight must be 2-D"),
 ])
 def test_bad_input(bad, match):
     x, w = torch.randn(2, 6), torch.randn(4, 6)
     with pytest.raises(RuntimeError, match=match):
         OPS.linear(*bad(x, w, torch.empty(2, 4)))
+
+
+def test_pack_layout():
+    w = torch.arange(10 * 13, dtype=torch.float32).view(10, 13)
+    p = pack_linear_weight(w)
+    assert p.shape == (2, 2, 8, 8)
+    assert p[1, 1, 1, 4] == w[9, 12] and p[0, 1, 7, 0] == w[7, 8]
+    assert p[1, 0, 2].abs().sum() == 0 and p[0, 1, 0, 5:].abs().sum() == 0      # zero padding
+    with pytest.raises(ValueError, match="out_features"):
+        linear(torch.randn(1, 13), p)
+
+
+def test_packed_layer_follows_weight_changes():
+    """A ``Linear`` reads its packed copy only while the weight is the one it packed."""
+    torch.manual_seed(1)
+    layer = Linear(20, 9)
+    layer.pack()
+    x = torch.randn(2, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        layer.weight.mul_(2)                               # in place: the packed copy is stale
+        torch.testing.assert_close(layer(x), ref.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        layer.weight = torch.nn.Parameter(torch.randn(9, 20))    # replaced
+        torch.testing.assert_close(layer(x), ref.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
 
 
 def test_model_layer_dispatch():

@@ -1,7 +1,8 @@
 // linear for few rows (reference.py::linear): out[M, N] = x[M, K] @ weight[N, K]^T (+ bias[N]).
 // A decode or verify step has M <= 16 rows and streams every weight once: one warp per weight
 // row reads it coalesced, each lane keeps the M partial dot products in registers (float32),
-// and a warp reduction finishes them. M > kLinearMaxRows is split by the launcher.
+// and a warp reduction finishes them. M > kLinearMaxRows is split by the launcher. PACKED: the
+// weight is [ceil(n/8), ceil(k/8), 8, 8] (row 8t + r, column 8b + j at [t][b][r][j]).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -16,21 +17,22 @@ namespace leapdec {
 constexpr int kLinearMaxRows = 16;  // x rows per launch
 constexpr int kLinearWarps = 4;     // weight rows per block
 
-// x: [m, k] (TX), weight: [n, k] (TW), bias: [n] (TB) or null, out: [m, n] (TX).
+// x: [m, k] (TX), weight: [n, k] or packed (TW), bias: [n] (TB) or null, out: [m, n] (TX).
 // grid: (ceil(n / kLinearWarps)), block: (32 * kLinearWarps). m <= kLinearMaxRows.
-template <typename TX, typename TW, typename TB>
+template <typename TX, typename TW, typename TB, bool PACKED = false>
 __global__ void linear_few_rows_kernel(TX* __restrict__ out, const TX* __restrict__ x,
                                        const TW* __restrict__ weight, const TB* __restrict__ bias,
                                        int m, int64_t n, int64_t k) {
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kLinearWarps + (threadIdx.x >> 5);
   if (row >= n) return;
-  const TW* w = weight + row * k;
+  const int64_t kb = (k + 7) / 8;
+  const TW* w = PACKED ? weight + (row / 8) * kb * 64 + (row % 8) * 8 : weight + row * k;
   float acc[kLinearMaxRows];
 #pragma unroll
   for (int r = 0; r < kLinearMaxRows; ++r) acc[r] = 0.f;
   for (int64_t c = lane; c < k; c += 32) {
-    const float wv = to_float(w[c]);
+    const float wv = to_float(PACKED ? w[(c / 8) * 64 + (c % 8)] : w[c]);
 #pragma unroll
     for (int r = 0; r < kLinearMaxRows; ++r) {
       if (r < m) acc[r] += wv * to_float(x[r * k + c]);

@@ -36,7 +36,7 @@ def read_bandwidth(nbytes: int = 1 << 29) -> float:
 
 
 def main(argv=None) -> int:
-    from leapdec.ops import linear
+    from leapdec.ops import linear, pack_linear_weight
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -59,12 +59,13 @@ def main(argv=None) -> int:
         f"Linear layers of one step, shape {args.shape} (layers, hidden, MLP, heads, KV heads, head dim, "
         f"vocab), {args.threads} thread(s), CPU, ms per step median [min-max] of {args.repeats}; floor = weight "
         f"bytes / {bandwidth / 1e9:.1f} GB/s read.", "",
-        "| weights | rows | leapdec.ops.linear ms | F.linear ms (torch, same dtype) | speedup | floor ms | "
-        "% of floor (leapdec) |", "|---|---|---|---|---|---|---|"]
+        "| weights | rows | leapdec.ops.linear ms | packed weights ms | F.linear ms (torch, same dtype) | "
+        "speedup (packed) | floor ms | % of floor (packed) |", "|---|---|---|---|---|---|---|---|"]
     gen = torch.Generator().manual_seed(0)
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]
         weights = [torch.randn(o, i, generator=gen).to(dtype) for o, i in shapes]
+        packed = [pack_linear_weight(w) for w in weights]
         nbytes = sum(w.numel() * w.element_size() for w in weights)
         floor = nbytes / bandwidth
         for m in rows:
@@ -75,23 +76,30 @@ def main(argv=None) -> int:
                 for w in weights:
                     linear(xs[w.shape[1]], w)
 
+            def ours_packed():
+                for w, p in zip(weights, packed):
+                    linear(xs[w.shape[1]], p, out_features=w.shape[0])
+
             def theirs():
                 for w in weights:
                     F.linear(xt[w.shape[1]], w)
 
             a = time_calls(ours, "cpu", warmup=args.warmup, repeats=args.repeats)
+            p = time_calls(ours_packed, "cpu", warmup=args.warmup, repeats=args.repeats)
             b = time_calls(theirs, "cpu", warmup=args.warmup, repeats=args.repeats)
-            row = dict(weights=name, rows=m, leapdec_ms=a.scaled(1e3).as_dict(), torch_ms=b.scaled(1e3).as_dict(),
-                       speedup=b.median / a.median, floor_ms=1e3 * floor, pct_of_floor=100 * floor / a.median)
+            row = dict(weights=name, rows=m, leapdec_ms=a.scaled(1e3).as_dict(), packed_ms=p.scaled(1e3).as_dict(),
+                       torch_ms=b.scaled(1e3).as_dict(), speedup=b.median / p.median, floor_ms=1e3 * floor,
+                       pct_of_floor=100 * floor / p.median)
             report_rows.append(row)
-            md.append(f"| {name} | {m} | {a.scaled(1e3).cell()} | {b.scaled(1e3).cell()} | {row['speedup']:.2f}x | "
-                      f"{1e3 * floor:.1f} | {row['pct_of_floor']:.0f}% |")
+            md.append(f"| {name} | {m} | {a.scaled(1e3).cell()} | {p.scaled(1e3).cell()} | {b.scaled(1e3).cell()} | "
+                      f"{row['speedup']:.2f}x | {1e3 * floor:.1f} | {row['pct_of_floor']:.0f}% |")
             print(md[-1], flush=True)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in args.dtypes.split(","):
         sel = [r for r in report_rows if r["weights"] == name]
         ax.plot([r["rows"] for r in sel], [r["leapdec_ms"]["median"] for r in sel], "o-", label=f"leapdec {name}")
+        ax.plot([r["rows"] for r in sel], [r["packed_ms"]["median"] for r in sel], "^-", label=f"leapdec {name} packed")
         ax.plot([r["rows"] for r in sel], [r["torch_ms"]["median"] for r in sel], "s--", label=f"F.linear {name}")
         ax.axhline(sel[0]["floor_ms"], ls=":", color="gray")
     ax.set_xlabel("rows (tokens in the step)")

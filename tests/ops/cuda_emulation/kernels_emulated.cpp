@@ -290,7 +290,7 @@ void run_writes(unsigned seed) {
 // linear_few_rows_kernel: out[m, n] = x[m, k] @ w[n, k]^T (+ bias) against a double reference,
 // with n not a multiple of the warps per block (the last block's idle warps) and k not a
 // multiple of 32 (lanes past the end).
-template <typename TX, typename TW>
+template <typename TX, typename TW, bool PACKED = false>
 void run_linear(int m, int n, int k, bool with_bias, unsigned seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -300,8 +300,13 @@ void run_linear(int m, int n, int k, bool with_bias, unsigned seed) {
   for (auto& v : w) v = fromf<TW>(nd(rng));
   for (auto& v : b) v = fromf<TW>(nd(rng));
   const TW* bp = with_bias ? b.data() : nullptr;
-  emu::launch(dim3((n + kLinearWarps - 1) / kLinearWarps), dim3(32 * kLinearWarps),
-              [&] { linear_few_rows_kernel<TX, TW, TW>(out.data(), x.data(), w.data(), bp, m, n, k); });
+  const int kb = (k + 7) / 8;
+  std::vector<TW> wp(size_t((n + 7) / 8) * kb * 64, fromf<TW>(0.f));  // packed layout
+  for (int r = 0; r < n; ++r)
+    for (int c = 0; c < k; ++c) wp[(size_t(r / 8) * kb + c / 8) * 64 + (r % 8) * 8 + c % 8] = w[size_t(r) * k + c];
+  emu::launch(dim3((n + kLinearWarps - 1) / kLinearWarps), dim3(32 * kLinearWarps), [&] {
+    linear_few_rows_kernel<TX, TW, TW, PACKED>(out.data(), x.data(), PACKED ? wp.data() : w.data(), bp, m, n, k);
+  });
   double worst = 0;
   for (int i = 0; i < m; ++i) {
     for (int j = 0; j < n; ++j) {
@@ -314,8 +319,8 @@ void run_linear(int m, int n, int k, bool with_bias, unsigned seed) {
   const double tol = sizeof(TX) == 4 ? 1e-5 : (std::is_same_v<TX, __half> ? 2e-3 : 1.6e-2);
   const bool ok = worst <= tol;
   if (!ok) ++g_fail;
-  std::printf("%-5s linear m%d n%d k%d%s (max rel err %.2e)\n", ok ? "ok" : "FAIL", m, n, k,
-              with_bias ? " bias" : "", worst);
+  std::printf("%-5s linear m%d n%d k%d%s%s (max rel err %.2e)\n", ok ? "ok" : "FAIL", m, n, k,
+              with_bias ? " bias" : "", PACKED ? " packed" : "", worst);
 }
 
 int main(int argc, char** argv) {
@@ -380,6 +385,8 @@ int main(int argc, char** argv) {
     run_linear<float, __nv_bfloat16>(5, 13, 33, true, 22);
     run_linear<__half, __half>(16, 6, 100, true, 23);
     run_linear<__nv_bfloat16, float>(3, 4, 5, false, 24);
+    run_linear<float, __nv_bfloat16, true>(2, 13, 37, true, 25);
+    run_linear<float, float, true>(1, 8, 64, false, 26);
   }
   std::printf(g_fail ? "FAILURES: %d\n" : "all ok\n", g_fail);
   return g_fail != 0;

@@ -182,3 +182,25 @@ def test_bench_linear_quick(tmp_path):
     report = json.loads((tmp_path / "linear.json").read_text())
     assert {r["rows"] for r in report["rows"]} == {1, 4}
     assert (tmp_path / "linear.png").exists() and (tmp_path / "linear.md").exists()
+
+
+def test_fused_projections_match_separate_layers():
+    """q/k/v and gate/up fused into one packed weight give the separate layers' outputs, and a
+    replaced weight turns the fused path off."""
+    import copy
+
+    import leapdec
+    model = leapdec.load_model("stdlib-ar")
+    stream_weights(model, torch.bfloat16)
+    layer = model.layers[0]
+    assert layer.self_attn._fused_qkv is not None and layer.mlp._fused_gate_up is not None
+    plain = copy.deepcopy(layer)
+    plain.self_attn._fused_qkv = plain.mlp._fused_gate_up = None
+    x = torch.randn(3, model.config.hidden_size)
+    with torch.no_grad():
+        for a, b in zip(layer.self_attn._qkv(x), plain.self_attn._qkv(x)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer.mlp(x), plain.mlp(x), atol=1e-5, rtol=1e-5)
+        layer.mlp.up_proj.weight = torch.nn.Parameter(torch.zeros_like(layer.mlp.up_proj.weight))
+        assert layer.mlp._fused_gate_up(x) is None
+        assert torch.equal(layer.mlp(x), torch.zeros_like(x))

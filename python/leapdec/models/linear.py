@@ -19,12 +19,20 @@ from leapdec import ops
 FEW_ROWS = 16  # rows (tokens) up to which CPU calls use leapdec.ops.linear
 
 
+_X_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def _few_rows_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    return (x.device.type == "cpu" and x.numel() <= FEW_ROWS * x.shape[-1] and x.shape[-1] > 0
-            and x.dtype in (torch.float32, torch.bfloat16)
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                  or (bias is not None and bias.requires_grad)))
-            and not torch.compiler.is_compiling())
+    """Whether ``x @ weight^T`` goes to ``ops.linear``: CPU, few rows, no autograd, not compiling."""
+    if not x.is_cpu or x.dtype not in _X_DTYPES:
+        return False
+    k = x.shape[-1]
+    if k == 0 or x.numel() > FEW_ROWS * k:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return False
+    return not torch.compiler.is_compiling()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -63,12 +71,39 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias, packed)
 
 
+class FusedLinears:
+    """Linear layers that read the same input (q/k/v, gate/up) as one packed weight for few-row
+    CPU steps: one ``ops.linear`` call instead of several. Used while every layer still holds
+    the weight it was fused from; otherwise :meth:`__call__` returns None (run them one by one)."""
+
+    def __init__(self, layers: list[nn.Linear]):
+        self.layers = layers
+        weights = [layer.weight.detach() for layer in layers]
+        self.sizes = [w.shape[0] for w in weights]
+        self.packed = ops.pack_linear_weight(torch.cat(weights))
+        biases = [layer.bias for layer in layers]
+        self.bias = None if all(b is None for b in biases) else torch.cat(
+            [b.detach().to(weights[0].dtype) if b is not None else weights[0].new_zeros(n)
+             for b, n in zip(biases, self.sizes)])
+        self.key = self._key()
+
+    def _key(self):
+        return tuple((id(layer.weight), layer.weight._version, layer.weight.device) for layer in self.layers)
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor] | None:
+        if not _few_rows_cpu(x, self.packed, self.bias) or self._key() != self.key:
+            return None
+        y = ops.linear(x, self.packed, self.bias, out_features=sum(self.sizes))
+        return list(y.split(self.sizes, dim=-1))
+
+
 def stream_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16, pack: bool = True) -> nn.Module:
     """Store ``model``'s linear weights (LM head included) in ``dtype`` while activations, norms,
     embeddings and the KV cache keep their dtype: half the bytes a decode step reads with 16-bit
     weights. A tied LM head gets its own copy (the embedding stays as it was). ``pack``: also keep
     each weight packed for the few-row CPU steps (sequential reads; the plain copy stays for
-    prefill). In place; returns ``model``."""
+    prefill), and the layers that read the same input (q/k/v, gate/up) fused into one packed
+    weight (``fuse_projections``). In place; returns ``model``."""
     if dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise ValueError(f"dtype must be torch.bfloat16, torch.float16 or torch.float32, got {dtype}")
     for module in model.modules():
@@ -79,4 +114,9 @@ def stream_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16, pack: 
                     setattr(module, name, nn.Parameter(p.detach().to(dtype), requires_grad=False))
             if pack and isinstance(module, Linear) and module.weight.device.type == "cpu":
                 module.pack()
+    if pack:
+        for module in model.modules():
+            fuse = getattr(module, "fuse_projections", None)
+            if fuse is not None:
+                fuse()
     return model

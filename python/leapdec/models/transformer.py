@@ -22,7 +22,7 @@ from torch import nn
 
 from leapdec.kv_cache import AttentionPlan, PagedKVCache
 from leapdec.models.config import ModelConfig
-from leapdec.models.linear import Linear
+from leapdec.models.linear import FusedLinears, Linear
 from leapdec.ops import paged_attention, rope_append_paged_kv
 from leapdec.models.rope import rope_cos_sin_cache
 
@@ -155,13 +155,20 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, **kw)
         else:
             self.q_norm = self.k_norm = None
+        self._fused_qkv: FusedLinears | None = None
+
+    def fuse_projections(self) -> None:
+        """q, k and v as one packed weight for few-row CPU steps (``models.linear.stream_weights``)."""
+        self._fused_qkv = FusedLinears([self.q_proj, self.k_proj, self.v_proj])
 
     def _qkv(self, x: torch.Tensor):
         """``x [..., hidden]`` -> q ``[..., H_q, D]``, k, v ``[..., H_kv, D]`` (qk-norm applied)."""
         lead = x.shape[:-1]
-        q = self.q_proj(x).view(*lead, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(*lead, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(*lead, self.num_kv_heads, self.head_dim)
+        fused = None if self._fused_qkv is None else self._fused_qkv(x)
+        q, k, v = fused if fused is not None else (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        q = q.view(*lead, self.num_heads, self.head_dim)
+        k = k.view(*lead, self.num_kv_heads, self.head_dim)
+        v = v.view(*lead, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
@@ -200,9 +207,16 @@ class MLP(nn.Module):
         self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, **kw)
         self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, **kw)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, **kw)
+        self._fused_gate_up: FusedLinears | None = None
+
+    def fuse_projections(self) -> None:
+        """gate and up as one packed weight for few-row CPU steps (``models.linear.stream_weights``)."""
+        self._fused_gate_up = FusedLinears([self.gate_proj, self.up_proj])
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        fused = None if self._fused_gate_up is None else self._fused_gate_up(x)
+        gate, up = fused if fused is not None else (self.gate_proj(x), self.up_proj(x))
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):

@@ -92,13 +92,15 @@ def test_help_documents_every_flag_and_its_choices(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for method in leapdec.methods():
         assert method in text
-    for flag in ("--method", "--model", "--max-new-tokens", "--temperature", "--device", "--option", "--debug"):
+    for flag in ("--method", "--model", "--max-new-tokens", "--temperature", "--device", "--option", "--debug",
+                 "--weight-dtype"):
         assert flag in text
     assert "cpu, cuda or cuda:N" in text and "true/false/1/0" in text
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "attention, decode, unmask, diffusion, wedlm" in text and "--out" in text
+    from leapdec.bench import BENCHMARKS
+    assert all(name in text for name in BENCHMARKS) and "--out" in text
 
 
 # ---------------------------------------------------------------- bench from the package

@@ -134,6 +134,15 @@ def test_packed_layer_follows_weight_changes():
         torch.testing.assert_close(layer(x), ref.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
         layer.weight = torch.nn.Parameter(torch.randn(9, 20))    # replaced
         torch.testing.assert_close(layer(x), ref.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        layer.pack()
+        layer.weight.data = torch.randn(9, 20)                  # storage swapped, version unchanged
+        torch.testing.assert_close(layer(x), ref.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        layer.pack()
+        layer.to(torch.bfloat16)                                 # dtype changed in place
+        from leapdec.models.linear import weight_key
+        assert layer._packed[1] != weight_key(layer.weight) and layer.weight.dtype == torch.bfloat16
+        torch.testing.assert_close(layer(x), ref.linear(x, layer.weight, layer.bias.float()).float(),
+                                   atol=1e-2, rtol=1e-2)
 
 
 def test_model_layer_dispatch():

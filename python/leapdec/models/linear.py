@@ -50,24 +50,27 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
+def weight_key(w: torch.Tensor) -> tuple:
+    """What identifies a weight's current contents: the object, its storage (``.data`` swaps),
+    in-place writes (version), dtype and device. A packed copy is valid while this is unchanged."""
+    return (id(w), w.data_ptr(), w._version, w.dtype, w.device)
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters and state dict) whose forward is :func:`linear`. After
     :meth:`pack` the few-row CPU path reads a packed copy of the weight (until the weight changes)."""
 
-    _packed: tuple[torch.Tensor, int, int] | None = None     # (packed, weight id, weight version)
+    _packed: tuple[torch.Tensor, tuple] | None = None         # (packed, weight_key of the weight packed)
 
     def pack(self) -> None:
         """Keep a packed copy of the weight for few-row CPU steps (``ops.pack_linear_weight``)."""
         w = self.weight
-        self._packed = (ops.pack_linear_weight(w), id(w), w._version)
+        self._packed = (ops.pack_linear_weight(w), weight_key(w))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = None
-        if self._packed is not None:
-            p, wid, version = self._packed
-            w = self.weight
-            if wid == id(w) and version == w._version and p.device == w.device and p.dtype == w.dtype:
-                packed = p
+        if self._packed is not None and self._packed[1] == weight_key(self.weight):
+            packed = self._packed[0]
         return linear(x, self.weight, self.bias, packed)
 
 
@@ -88,7 +91,7 @@ class FusedLinears:
         self.key = self._key()
 
     def _key(self):
-        return tuple((id(layer.weight), layer.weight._version, layer.weight.device) for layer in self.layers)
+        return tuple(weight_key(layer.weight) for layer in self.layers)
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor] | None:
         if not _few_rows_cpu(x, self.packed, self.bias) or self._key() != self.key:

@@ -1,9 +1,10 @@
 // CPU linear (reference.py): out[M, N] = x[M, K] @ weight[N, K]^T (+ bias[N]) for the few rows
-// a decode, verify or draft step has. Such a step streams the weights once, so it is memory
+// a decode, verify or draft step has. A one-row step streams the weights once and is memory
 // bound: the kernel reads each weight row once per tile of W/4 x rows, widens 16-bit weights
 // (bf16, fp16) to float32 in registers, and accumulates in float32. torch's sgemm, by
-// contrast, costs 1.8x its one-row time for two rows and 2.5x for five on this machine's
-// AVX2 cores, and its one-row GEMV uses one thread. One task per block of weight rows.
+// contrast, costs 1.8x its one-row time for two rows on a 2-core AVX2 VM, and its one-row GEMV
+// uses one thread. Weights come plain [N, K] or packed in 8-row tiles (read sequentially). One
+// parallel task per block of weight rows / tiles. Meaning: python/leapdec/reference.py::linear.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
@@ -165,8 +166,7 @@ std::pair<RowsFn<T>, int> pick_rows_fn() {  // (kernel, x rows per tile)
 
 template <typename T>
 void linear_impl(const float* x, const T* w, float* y, int64_t mp, int64_t n, int64_t k) {
-  const auto [fn, mt] = pick_rows_fn<T>();
-  (void)mt;
+  const RowsFn<T> fn = pick_rows_fn<T>().first;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   const int64_t grain = std::max<int64_t>(1, kTaskElems / std::max<int64_t>(k * kBlock, 1));
   at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {

@@ -213,3 +213,18 @@ def test_fused_projections_match_separate_layers():
         layer.mlp.up_proj.weight = torch.nn.Parameter(torch.zeros_like(layer.mlp.up_proj.weight))
         assert layer.mlp._fused_gate_up(x) is None
         assert torch.equal(layer.mlp(x), torch.zeros_like(x))
+
+
+def test_fused_linears_with_biases():
+    """Fused layers with biases (Qwen2's q/k/v) give the layers' outputs; a bias written in place
+    turns the fused path off."""
+    from leapdec.models.linear import FusedLinears
+    torch.manual_seed(2)
+    layers = [Linear(12, 8), Linear(12, 5), Linear(12, 3, bias=False)]
+    fused = FusedLinears(layers)
+    x = torch.randn(2, 12)
+    with torch.no_grad():
+        for got, layer in zip(fused(x), layers):
+            torch.testing.assert_close(got, ref.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        layers[1].bias.add_(1)
+        assert fused(x) is None

@@ -77,7 +77,8 @@ class Linear(nn.Linear):
 class FusedLinears:
     """Linear layers that read the same input (q/k/v, gate/up) as one packed weight for few-row
     CPU steps: one ``ops.linear`` call instead of several. Used while every layer still holds
-    the weight it was fused from; otherwise :meth:`__call__` returns None (run them one by one)."""
+    the weight and bias it was fused from; otherwise :meth:`__call__` returns None (run them one
+    by one)."""
 
     def __init__(self, layers: list[nn.Linear]):
         self.layers = layers
@@ -91,7 +92,7 @@ class FusedLinears:
         self.key = self._key()
 
     def _key(self):
-        return tuple(weight_key(layer.weight) for layer in self.layers)
+        return tuple(weight_key(p) for layer in self.layers for p in (layer.weight, layer.bias) if p is not None)
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor] | None:
         if not _few_rows_cpu(x, self.packed, self.bias) or self._key() != self.key:
@@ -120,6 +121,6 @@ def stream_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16, pack: 
     if pack:
         for module in model.modules():
             fuse = getattr(module, "fuse_projections", None)
-            if fuse is not None:
+            if fuse is not None and all(p.is_cpu for p in module.parameters()):
                 fuse()
     return model

@@ -1,5 +1,7 @@
 #include "checks.h"
 
+#include <cmath>
+
 #include "ops.h"
 
 namespace leapdec {
@@ -198,6 +200,28 @@ int64_t check_rope_append_args(const at::Tensor& q, const at::Tensor& k, const a
   check_same_device(cos_sin_cache, k_cache, "cos_sin_cache", "k_cache");
   check_contiguous(cos_sin_cache, "cos_sin_cache");
   return rot;
+}
+
+int64_t check_rms_norm_args(const at::Tensor& input, const at::Tensor& other, const char* other_name,
+                            const at::Tensor& weight, double eps) {
+  TORCH_CHECK(input.dim() >= 1, "input must have at least one dimension [..., D], got shape ", input.sizes());
+  const bool cuda = input.is_cuda();
+  check_float_dtype(input, "input", cuda);
+  check_float_dtype(weight, "weight", cuda);
+  const int64_t d = input.size(-1);
+  check_dim(weight, 1, "weight", "[D]");
+  TORCH_CHECK(weight.size(0) == d, "weight must be [", d, "] (D = the last dim of input), got ", weight.sizes());
+  TORCH_CHECK(other.sizes() == input.sizes(), other_name, " must have input's shape ", input.sizes(), ", got ",
+              other.sizes());
+  TORCH_CHECK(other.scalar_type() == input.scalar_type(), other_name, " must have the dtype of input (",
+              input.scalar_type(), "), got ", other.scalar_type());
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0.0, "eps must be finite and >= 0, got ", eps);
+  check_same_device(weight, input, "weight", "input");
+  check_same_device(other, input, other_name, "input");
+  check_contiguous(input, "input");
+  check_contiguous(other, other_name);
+  check_contiguous(weight, "weight");
+  return d;
 }
 
 int64_t check_linear_args(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,

@@ -61,6 +61,11 @@ int64_t check_rope_append_args(const at::Tensor& q, const at::Tensor& k, const a
 int64_t check_linear_args(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias);
 
+// rms_norm / fused_add_rms_norm: input [..., D] (float dtype, contiguous), other [..., D] (out or
+// residual) of the same shape, dtype and device, weight [D] (any float dtype). Returns D.
+int64_t check_rms_norm_args(const at::Tensor& input, const at::Tensor& other, const char* other_name,
+                            const at::Tensor& weight, double eps);
+
 // Everything about paged_attention that can be checked without reading index values.
 // Returns the parsed mask mode (0 none, 1 causal, 2 custom).
 int check_paged_attention_args(const at::Tensor& out, const std::optional<at::Tensor>& lse,

@@ -68,6 +68,8 @@ void ctc_prefix_score_cpu(at::Tensor& r_out, at::Tensor& psi, const at::Tensor& 
                           int64_t eos);
 void linear_cpu(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
                 const std::optional<at::Tensor>& bias);
+void rms_norm_cpu(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight, double eps);
+void fused_add_rms_norm_cpu(at::Tensor& input, at::Tensor& residual, const at::Tensor& weight, double eps);
 
 // ---------------------------------------------------------------- CUDA
 #ifdef LEAPDEC_WITH_CUDA
@@ -121,6 +123,8 @@ void ctc_prefix_score_cuda(at::Tensor& r_out, at::Tensor& psi, const at::Tensor&
                            int64_t eos);
 void linear_cuda(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
                  const std::optional<at::Tensor>& bias);
+void rms_norm_cuda(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight, double eps);
+void fused_add_rms_norm_cuda(at::Tensor& input, at::Tensor& residual, const at::Tensor& weight, double eps);
 #endif
 
 }  // namespace leapdec

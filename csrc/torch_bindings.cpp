@@ -57,6 +57,10 @@ TORCH_LIBRARY(leapdec, m) {
       "int eos) -> ()");
   // out[M, N] = x[M, K] @ weight[N, K]^T (+ bias[N]) for few rows: weights streamed once, 16-bit weights widened in registers, float32 accumulation.
   m.def("linear(Tensor(a!) out, Tensor x, Tensor weight, Tensor? bias) -> ()");
+  // out[..., D] = input / sqrt(mean(input^2) + eps) * weight[D], per row, in float32 (rounded to input's dtype before the weight, like Hugging Face).
+  m.def("rms_norm(Tensor(a!) out, Tensor input, Tensor weight, float eps) -> ()");
+  // The residual add before a norm, in place (vLLM's fused_add_rms_norm): residual += input, then input = rms_norm(residual) * weight.
+  m.def("fused_add_rms_norm(Tensor(a!) input, Tensor(b!) residual, Tensor weight, float eps) -> ()");
   // @@ more schemas (later issues) go above this line
 }
 
@@ -73,6 +77,8 @@ TORCH_LIBRARY_IMPL(leapdec, CPU, m) {
   m.impl("topological_reorder", &leapdec::topological_reorder_cpu);
   m.impl("ctc_prefix_score", &leapdec::ctc_prefix_score_cpu);
   m.impl("linear", &leapdec::linear_cpu);
+  m.impl("rms_norm", &leapdec::rms_norm_cpu);
+  m.impl("fused_add_rms_norm", &leapdec::fused_add_rms_norm_cpu);
   // @@ more CPU impls go above this line
 }
 
@@ -90,6 +96,8 @@ TORCH_LIBRARY_IMPL(leapdec, CUDA, m) {
   m.impl("topological_reorder", &leapdec::topological_reorder_cuda);
   m.impl("ctc_prefix_score", &leapdec::ctc_prefix_score_cuda);
   m.impl("linear", &leapdec::linear_cuda);
+  m.impl("rms_norm", &leapdec::rms_norm_cuda);
+  m.impl("fused_add_rms_norm", &leapdec::fused_add_rms_norm_cuda);
   // @@ more CUDA impls go above this line
 }
 #endif

@@ -171,6 +171,21 @@ def linear(x, weight, bias=None):
     return y.to(x.dtype)
 
 
+def rms_norm(x, weight, eps=1e-6):
+    """``x / sqrt(mean(x^2) + eps) * weight`` over the last dim: the sum in float32, the
+    normalised row rounded to x's dtype, times the weight, returned in x's dtype."""
+    xf = x.float()
+    y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return (y.float() * weight.float()).to(x.dtype)
+
+
+def fused_add_rms_norm(x, residual, weight, eps=1e-6):
+    """``(rms_norm(r, weight, eps), r)`` with ``r = x + residual`` rounded to x's dtype: what the
+    op leaves in ``x`` and ``residual``."""
+    r = (x.float() + residual.float()).to(x.dtype)
+    return rms_norm(r, weight, eps), r
+
+
 def tree_children(parents_row):
     """Children of every node of one tree (a list of parent ids), in index order."""
     children = [[] for _ in parents_row]

@@ -196,3 +196,24 @@ def test_logits_compile_without_graph_breaks():
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[0, :2] = 0
     torch.testing.assert_close(compiled(ids, mask), model(ids, mask))
+
+
+def test_paged_forward_fused_norms_match_torch_path_and_leave_inputs_alone():
+    """Without autograd the paged forward keeps the residual stream apart and fuses each add into
+    the next norm (the rms_norm ops, in place); with autograd it runs the torch modules. Both give
+    the same logits, and a caller's inputs_embeds are never written."""
+    model = tiny_model("qwen2", seed=9)
+    ids = _ids(1, 7, seed=10)
+    embeds = model.embed_tokens(ids[0]).detach()
+    kept = embeds.clone()
+    outs = []
+    for grad in (False, True):
+        cache = model.new_cache(max_tokens=16, page_size=4)
+        seq = cache.new_sequence()
+        step = StepInput.extend(cache, [seq], [ids[0].tolist()])
+        with torch.set_grad_enabled(grad):
+            import dataclasses
+            outs.append(model.forward_paged(dataclasses.replace(step, inputs_embeds=embeds), cache).detach())
+        assert torch.equal(embeds, kept)
+    assert outs[1].shape == (7, 128)
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)

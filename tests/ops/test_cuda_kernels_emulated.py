@@ -18,9 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ROOT / "csrc" / "include" / "leapdec"
 HARNESS = Path(__file__).resolve().parent / "cuda_emulation"
-HEADERS = ["attention_common.cuh", "attention_decode.cuh", "attention_prefill.cuh", "linear.cuh", "math.cuh",
+HEADERS = ["attention_common.cuh", "attention_decode.cuh", "attention_prefill.cuh", "linear.cuh", "math.cuh", "norm.cuh",
            "paged_kv.cuh", "rope.cuh", "vec_dtypes.cuh"]
-SUITES = ["fastdiv", "writes", "decode", "mma", "simt", "generic", "corrupt", "linear"]
+SUITES = ["fastdiv", "writes", "decode", "mma", "simt", "generic", "corrupt", "linear", "norm"]
 
 
 def cuda_include():

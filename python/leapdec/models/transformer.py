@@ -24,6 +24,7 @@ from leapdec.kv_cache import AttentionPlan, PagedKVCache
 from leapdec.models.config import ModelConfig
 from leapdec.models.linear import FusedLinears, Linear
 from leapdec.ops import paged_attention, rope_append_paged_kv
+from leapdec.ops._lib import OPS as _OPS
 from leapdec.models.rope import rope_cos_sin_cache
 
 MASK_MODES = ("none", "causal", "custom")
@@ -119,19 +120,41 @@ class StepInput:
 
 
 class RMSNorm(nn.Module):
-    """``weight * x / sqrt(mean(x^2) + eps)``, computed in float32 like Hugging Face."""
+    """``weight * x / sqrt(mean(x^2) + eps)``, computed in float32 like Hugging Face. Without
+    autograd, a contiguous input runs the ``rms_norm`` op (one call instead of ~7 small ones)."""
 
     def __init__(self, dim: int, eps: float, device=None, dtype=None):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
         self.eps = eps
 
+    def _use_op(self, x: torch.Tensor) -> bool:
+        return (not torch.is_grad_enabled() or not (x.requires_grad or self.weight.requires_grad)) \
+            and x.is_contiguous() and x.device == self.weight.device and x.dtype in _NORM_DTYPES \
+            and not torch.compiler.is_compiling()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._use_op(x):
+            out = torch.empty_like(x)
+            _OPS.rms_norm(out, x, self.weight, self.eps)
+            return out
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)     # same math, one op
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``residual = residual + x`` and its norm: returns ``(norm, residual)``. Without autograd
+        both happen in place in one ``fused_add_rms_norm`` call (x and residual are overwritten)."""
+        if self._use_op(x) and self._use_op(residual) and residual.dtype == x.dtype:
+            _OPS.fused_add_rms_norm(x, residual, self.weight, self.eps)
+            return x, residual
+        residual = residual + x
+        return self(residual), residual
+
+
+_NORM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -234,6 +257,19 @@ class DecoderLayer(nn.Module):
     def forward_paged(self, x, step, mask_mode, cos_sin, k_cache, v_cache):
         x = x + self.self_attn.forward_paged(self.input_layernorm(x), step, mask_mode, cos_sin, k_cache, v_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward_paged_residual(self, h, residual, step, mask_mode, cos_sin, k_cache, v_cache):
+        """``forward_paged`` with the residual stream kept apart (vLLM's layout): ``h`` is the
+        previous sublayer's output (or the embeddings, with ``residual=None``), and each residual
+        add is fused into the norm after it. Returns ``(h, residual)``; the layer's output is
+        ``h + residual``. May overwrite ``h`` and ``residual`` in place."""
+        if residual is None:
+            residual, h = h, self.input_layernorm(h)
+        else:
+            h, residual = self.input_layernorm.add_forward(h, residual)
+        h = self.self_attn.forward_paged(h, step, mask_mode, cos_sin, k_cache, v_cache)
+        h, residual = self.post_attention_layernorm.add_forward(h, residual)
+        return self.mlp(h), residual
 
 
 class Transformer(nn.Module):
@@ -398,7 +434,7 @@ class Transformer(nn.Module):
                              f"(H_kv, D); the model needs {len(self.layers)} layers of {kv_shape}: "
                              f"use model.new_cache()")
         if step.inputs_embeds is not None:
-            x = step.inputs_embeds
+            x = step.inputs_embeds.clone()            # the residual stream is updated in place
         else:
             self._check_ids(step.input_ids, "step.input_ids")
             x = self.embed_tokens(step.input_ids)
@@ -406,9 +442,10 @@ class Transformer(nn.Module):
             raise ValueError(f"step has {x.shape[0]} tokens but {step.positions.shape[0]} positions and "
                              f"{step.slot_mapping.shape[0]} slots")
         cos_sin = self.cos_sin(step.plan.max_kv_len, x.device)
+        h, residual = x, None
         for layer, k_cache, v_cache in zip(self.layers, cache.k_caches, cache.v_caches):
-            x = layer.forward_paged(x, step, mask_mode, cos_sin, k_cache, v_cache)
-        h = self.norm(x)
+            h, residual = layer.forward_paged_residual(h, residual, step, mask_mode, cos_sin, k_cache, v_cache)
+        h = self.norm(h) if residual is None else self.norm.add_forward(h, residual)[0]
         sel = h if step.logits_indices is None else h.index_select(0, step.logits_indices)
         logits = self.lm_head(sel)
         return (logits, h) if return_hidden else logits

@@ -3,10 +3,11 @@
 // and CUDA-core multi-query kernels, the split merge, the cache writes, RoPE and linear; plus a run with
 // corrupt indices whose only check is that nothing is read or written out of bounds (built with
 // AddressSanitizer by tests/ops/test_cuda_kernels_emulated.py). Usage: kernels_emulated [suite]
-// with suite one of fastdiv, writes, decode, mma, simt, generic, corrupt, linear (default: all). Exit 1 on failure.
+// with suite one of fastdiv, writes, decode, mma, simt, generic, corrupt, linear, norm (default: all). Exit 1 on failure.
 #include "leapdec/attention_decode.cuh"
 #include "leapdec/attention_prefill.cuh"
 #include "leapdec/linear.cuh"
+#include "leapdec/norm.cuh"
 #include "leapdec/paged_kv.cuh"
 #include "leapdec/rope.cuh"
 
@@ -323,6 +324,51 @@ void run_linear(int m, int n, int k, bool with_bias, unsigned seed) {
               with_bias ? " bias" : "", PACKED ? " packed" : "", worst);
 }
 
+// rms_norm_kernel (ADD: fused_add_rms_norm) against a double reference of the same roundings,
+// with rows not a multiple of the warps per block and d not a multiple of 32.
+template <typename T, typename TW, bool ADD>
+void run_norm(int rows, int d, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.f, 2.f);
+  std::vector<T> x(size_t(rows) * d), res(size_t(rows) * d), out(size_t(rows) * d, fromf<T>(-7.f));
+  std::vector<TW> w(d);
+  for (auto& v : x) v = fromf<T>(nd(rng));
+  for (auto& v : res) v = fromf<T>(nd(rng));
+  for (auto& v : w) v = fromf<TW>(nd(rng));
+  const std::vector<T> x0 = x, res0 = res;
+  const float eps = 1e-5f;
+  emu::launch(dim3((rows + kNormWarps - 1) / kNormWarps), dim3(32 * kNormWarps), [&] {
+    if (ADD) {
+      rms_norm_kernel<T, TW, true>(x.data(), x.data(), res.data(), w.data(), rows, d, eps);
+    } else {
+      rms_norm_kernel<T, TW, false>(out.data(), x.data(), nullptr, w.data(), rows, d, eps);
+    }
+  });
+  const std::vector<T>& got = ADD ? x : out;
+  bool ok = true;
+  double worst = 0;
+  for (int r = 0; r < rows; ++r) {
+    std::vector<float> row(d);
+    double ss = 0;
+    for (int c = 0; c < d; ++c) {
+      const size_t i = size_t(r) * d + c;
+      row[c] = ADD ? tof(fromf<T>(tof(x0[i]) + tof(res0[i]))) : tof(x0[i]);
+      if (ADD) ok &= tof(res[i]) == row[c];  // the residual add rounds exactly once
+      ss += double(row[c]) * row[c];
+    }
+    const double inv = 1.0 / std::sqrt(ss / d + eps);
+    for (int c = 0; c < d; ++c) {
+      const double want = double(tof(fromf<T>(float(row[c] * inv)))) * tof(w[c]);
+      worst = std::max(worst, std::abs(tof(got[size_t(r) * d + c]) - want) / (1.0 + std::abs(want)));
+    }
+  }
+  const double tol = sizeof(T) == 4 ? 1e-5 : (std::is_same_v<T, __half> ? 2e-3 : 1.6e-2);
+  ok &= worst <= tol;
+  if (!ok) ++g_fail;
+  std::printf("%-5s rms_norm%s rows%d d%d (max rel err %.2e)\n", ok ? "ok" : "FAIL", ADD ? " fused add" : "",
+              rows, d, worst);
+}
+
 int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
   if (only.empty() || only == "fastdiv") {  // page_size division over a range of divisors
@@ -387,6 +433,13 @@ int main(int argc, char** argv) {
     run_linear<__nv_bfloat16, float>(3, 4, 5, false, 24);
     run_linear<float, __nv_bfloat16, true>(2, 13, 37, true, 25);
     run_linear<float, float, true>(1, 8, 64, false, 26);
+  }
+  if (only.empty() || only == "norm") {
+    run_norm<float, float, false>(1, 70, 31);
+    run_norm<float, float, true>(6, 33, 32);
+    run_norm<__nv_bfloat16, float, true>(5, 100, 33);
+    run_norm<__half, __half, false>(9, 64, 34);
+    run_norm<float, __nv_bfloat16, false>(3, 5, 35);
   }
   std::printf(g_fail ? "FAILURES: %d\n" : "all ok\n", g_fail);
   return g_fail != 0;

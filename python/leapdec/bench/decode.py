@@ -152,6 +152,9 @@ def main(argv=None):
                     help="a GGUF zoo chat model (smollm2-135m-instruct): its AR-side methods against our AR "
                          "engine on held-out chat requests (leapdec.bench.decode_chat)")
     ap.add_argument("--batches", default="1,8", help="--model: batch sizes (default: %(default)s)")
+    ap.add_argument("--weight-dtype", choices=["float32", "bfloat16"], default=None,
+                    help="--model: keep the linear weights in this dtype, packed and fused for the CPU "
+                         "decode op (load_model(weight_dtype=...)); default: as loaded")
     add_output_arguments(ap, default_repeats=3)
     args = ap.parse_args(argv)
     out = writable_dir(args.out)          # before any work: a bad --out fails now, not at the end
@@ -226,7 +229,8 @@ def _chat_model_main(args, out) -> int:
     new_tokens = 32 if args.quick else (args.max_new_tokens or 128)
     # batch 1: the first half of --prompts, each alone; batch B: the first B prompts in one call
     report = decode_chat.run_rows(args.model, methods, batches, 2 if args.quick else max(1, args.prompts // 2),
-                                  new_tokens, args.repeats, args.threads or 1)
+                                  new_tokens, args.repeats, args.threads or 1,
+                                  weight_dtype=args.weight_dtype)
     table = decode_chat.markdown(report)
     print(table)
     paths = write_outputs(out, f"decode_{args.model}", table, report)

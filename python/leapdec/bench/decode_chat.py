@@ -64,14 +64,17 @@ def weight_floor(model) -> dict:
     """Bytes of weights read per decode step and the tokens/s ceiling at the measured bandwidth."""
     from leapdec.bench.decode import copy_bandwidth
 
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    embed = model.embed_tokens.weight
+    read = [p for p in model.parameters() if p is not embed or p is model.lm_head.weight]   # one embedding row only
+    weight_bytes = sum(p.numel() * p.element_size() for p in read)
     bw = copy_bandwidth(model.device) / 2
     return {"weight_bytes": weight_bytes, "read_GBps": bw / 1e9, "floor_tok_s": bw / weight_bytes}
 
 
 def run_rows(name: str, methods, batches, prompts_n: int, max_new_tokens: int, repeats: int,
-             threads: int, progress: bool = True) -> dict:
-    """Interleaved timing of ``methods`` at each batch size; returns the rows and the floor."""
+             threads: int, progress: bool = True, weight_dtype: str | None = None) -> dict:
+    """Interleaved timing of ``methods`` at each batch size; returns the rows and the floor.
+    ``weight_dtype``: ``load_model``'s (linear weights kept in it, packed and fused on CPU)."""
     from tqdm.auto import tqdm
 
     from leapdec.models.drafter import FalconDrafter
@@ -79,7 +82,7 @@ def run_rows(name: str, methods, batches, prompts_n: int, max_new_tokens: int, r
     from leapdec.models.transformer import Transformer
 
     torch.set_num_threads(threads)
-    model = leapdec.load_model(name)
+    model = leapdec.load_model(name, weight_dtype=weight_dtype)
     prompts = chat_prompts(name, max(prompts_n, max(batches)))
     floor = weight_floor(model)
     targets = [("base", Transformer, "forward_paged"), ("drafter", MedusaHeads, "topk"),
@@ -130,7 +133,8 @@ def run_rows(name: str, methods, batches, prompts_n: int, max_new_tokens: int, r
                                 "python_rest": max(info["wall"] - base_s - draft_s, 0.0)},
                 })
     head_ms = head_costs(model) if "medusa" in methods else None
-    return {"model": name, "threads": threads, "repeats": repeats, "max_new_tokens": max_new_tokens,
+    return {"model": name, "weight_dtype": weight_dtype or "as loaded", "threads": threads, "repeats": repeats,
+            "max_new_tokens": max_new_tokens,
             "prompts": prompts_n, "floor": floor, "rows": rows, "head_ms": head_ms}
 
 
@@ -167,7 +171,7 @@ def head_costs(model, repeats: int = 20) -> dict:
 
 def markdown(report: dict) -> str:
     fl = report["floor"]
-    head = (f"{report['model']}, {report['threads']} thread(s), held-out chat requests, greedy, up to "
+    head = (f"{report['model']} (linear weights: {report.get('weight_dtype', 'as loaded')}), {report['threads']} thread(s), held-out chat requests, greedy, up to "
             f"{report['max_new_tokens']} new tokens (end of turn stops a row), tokens/s median [min-max] of "
             f"{report['repeats']} interleaved rounds. Weight-streaming floor of one decode step: "
             f"{fl['weight_bytes'] / 1e6:.0f} MB at {fl['read_GBps']:.1f} GB/s read = {fl['floor_tok_s']:.1f} "

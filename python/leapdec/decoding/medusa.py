@@ -35,6 +35,11 @@ MAX_AUTO_NODES = 64              # largest tree (draft nodes per row) the automa
 # Cost of one more tree token per row, relative to the fixed cost of a model step (automatic
 # tree sizing): on a CPU compute grows with every token; a GPU step is flat for small models.
 NODE_COST = {"cpu": 0.04, "cuda": 0.004}
+# On a CPU the cost depends on the model: a one-token step streams the weights, each extra token
+# adds 2 FLOPs per weight of compute (cpu_node_cost). Rates measured on a 2-core AVX2 VM:
+CPU_FLOPS_PER_THREAD = 35e9      # the linear op with several rows
+CPU_READ_BYTES_PER_S = 20e9      # streaming weights from DRAM (and L3)
+CPU_STEP_OVERHEAD_S = 1e-3       # Python, norms, attention, sampling of one step
 _HINT = (": pass heads= (a MedusaHeads or a folder saved by it), or train heads with "
          "`python -m leapdec.train medusa --base MODEL`")
 
@@ -42,6 +47,17 @@ _AUTO_TREES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # heads
 
 
 # --------------------------------------------------------------------------- heads and trees
+
+def cpu_node_cost(model) -> float:
+    """One more tree token's cost relative to a one-token step of ``model`` on CPU: its compute
+    (2 FLOPs per linear weight) over the step's time (weight bytes streamed plus a fixed
+    overhead). ~0.09 for the 2.4M-parameter zoo models, ~0.14 / 0.25 for a 135M model with
+    float32 / bfloat16 weights (measured: 0.13 / 0.22 per extra token at 2-4 tokens)."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    flops = 2.0 * sum(w.numel() for w in weights)
+    step_s = sum(w.numel() * w.element_size() for w in weights) / CPU_READ_BYTES_PER_S + CPU_STEP_OVERHEAD_S
+    return flops / (CPU_FLOPS_PER_THREAD * max(torch.get_num_threads(), 1)) / step_s
+
 
 def load_heads(model, heads=None) -> MedusaHeads:
     """The Medusa heads for ``model``: ``heads`` itself when it is a ``MedusaHeads``, else the
@@ -276,7 +292,8 @@ def medusa(model, prompts: list[list[int]], *, max_new_tokens: int = 128, temper
     its folder (default: the model's ``medusa/`` companion). ``tree``: the static draft tree
     (see :func:`resolve_tree`); by default, heads with a measured accuracy table size the tree
     each step for the number of live rows (``node_cost``: the cost of one more tree token per
-    row relative to a step's fixed cost; default by device, :data:`NODE_COST`). ``acceptance``:
+    row relative to a step's fixed cost; default on CPU :func:`cpu_node_cost` of the model, on
+    CUDA :data:`NODE_COST`). ``acceptance``:
     ``"greedy"`` (default at temperature 0; output identical to greedy AR), ``"typical"``
     (Medusa's typical acceptance with ``posterior_threshold`` / ``posterior_alpha``) or
     ``"sampling"`` (default at temperature > 0; lossless, ``top_k`` / ``top_p``, ``seed``).
@@ -291,7 +308,7 @@ def medusa(model, prompts: list[list[int]], *, max_new_tokens: int = 128, temper
                                     posterior_alpha)
     device = model.device
     if node_cost is None:
-        node_cost = NODE_COST.get(device.type, NODE_COST["cuda"])
+        node_cost = cpu_node_cost(model) if device.type == "cpu" else NODE_COST.get(device.type, NODE_COST["cuda"])
     elif isinstance(node_cost, bool) or not isinstance(node_cost, (int, float)) or node_cost < 0:
         raise ValueError(f"node_cost must be a number >= 0, got {node_cost!r}")
     heads = load_heads(model, heads)

@@ -14,6 +14,7 @@ checkpoint maps one to one (``leapdec.models.loading``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -442,6 +443,8 @@ class Transformer(nn.Module):
             raise ValueError(f"step has {x.shape[0]} tokens but {step.positions.shape[0]} positions and "
                              f"{step.slot_mapping.shape[0]} slots")
         cos_sin = self.cos_sin(step.plan.max_kv_len, x.device)
+        if step.positions.dtype != torch.int64:       # the op's dtype, converted once, not per layer
+            step = dataclasses.replace(step, positions=step.positions.to(torch.int64))
         h, residual = x, None
         for layer, k_cache, v_cache in zip(self.layers, cache.k_caches, cache.v_caches):
             h, residual = layer.forward_paged_residual(h, residual, step, mask_mode, cos_sin, k_cache, v_cache)

@@ -45,7 +45,7 @@ from leapdec.paths import writable_dir
 from leapdec.train import cards, corpus, distill
 from leapdec.train.budget import add_budget_arguments, budget_command_args, check_budget, cosine_lr
 from leapdec.train import tokenizer as tokenizers_
-from leapdec.decoding.medusa import MAX_AUTO_NODES, NODE_COST, expected_accept_lengths
+from leapdec.decoding.medusa import MAX_AUTO_NODES, NODE_COST, cpu_node_cost, expected_accept_lengths
 
 TOPK_MEASURED = 10           # ranks of the head-accuracy table (Medusa's TOPK)
 LOSS_DECAY = 0.8             # Medusa-1: head i's loss weighted 0.8 ** i
@@ -282,7 +282,7 @@ def decode_eval(model, heads: MedusaHeads, prompts: list[list[int]], max_new_tok
     generate(model, prompts[:1], method="ar", max_new_tokens=4)                 # warm-up
     generate(model, prompts[:1], method="medusa", heads=heads, max_new_tokens=4)
     return {"max_new_tokens": max_new_tokens, "torch_threads": torch.get_num_threads(),
-            "node_cost": NODE_COST.get(next(heads.parameters()).device.type),
+            "node_cost": cpu_node_cost(model) if model.device.type == "cpu" else NODE_COST.get(model.device.type),
             "batch1": _compare(model, heads, [[p] for p in prompts], max_new_tokens),
             f"batch{len(prompts)}": _compare(model, heads, [prompts], max_new_tokens)}
 

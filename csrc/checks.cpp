@@ -224,6 +224,14 @@ int64_t check_rms_norm_args(const at::Tensor& input, const at::Tensor& other, co
   return d;
 }
 
+int64_t check_fused_add_rms_norm_args(const at::Tensor& input, const at::Tensor& residual,
+                                      const at::Tensor& weight, double eps) {
+  const int64_t d = check_rms_norm_args(input, residual, "residual", weight, eps);
+  TORCH_CHECK(input.numel() == 0 || input.data_ptr() != residual.data_ptr(),
+              "input and residual must be different tensors (residual += input, then input = the norm)");
+  return d;
+}
+
 int64_t check_linear_args(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias) {
   check_dim(x, 2, "x", "[M, K]");

@@ -65,6 +65,9 @@ int64_t check_linear_args(const at::Tensor& out, const at::Tensor& x, const at::
 // residual) of the same shape, dtype and device, weight [D] (any float dtype). Returns D.
 int64_t check_rms_norm_args(const at::Tensor& input, const at::Tensor& other, const char* other_name,
                             const at::Tensor& weight, double eps);
+// fused_add_rms_norm: the above with other = residual, which must not be input itself. Returns D.
+int64_t check_fused_add_rms_norm_args(const at::Tensor& input, const at::Tensor& residual,
+                                      const at::Tensor& weight, double eps);
 
 // Everything about paged_attention that can be checked without reading index values.
 // Returns the parsed mask mode (0 none, 1 causal, 2 custom).

@@ -46,9 +46,7 @@ void rms_norm_cuda(at::Tensor& out, const at::Tensor& input, const at::Tensor& w
 }
 
 void fused_add_rms_norm_cuda(at::Tensor& input, at::Tensor& residual, const at::Tensor& weight, double eps) {
-  const int64_t d = check_rms_norm_args(input, residual, "residual", weight, eps);
-  TORCH_CHECK(input.numel() == 0 || input.data_ptr() != residual.data_ptr(),
-              "input and residual must be different tensors (residual += input, then input = the norm)");
+  const int64_t d = check_fused_add_rms_norm_args(input, residual, weight, eps);
   launch_norm<true>(input, input, &residual, weight, d, eps);
 }
 

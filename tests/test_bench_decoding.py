@@ -49,3 +49,18 @@ def test_bench_wedlm_quick(tmp_path, monkeypatch):
         tps = r["tokens_per_s_spread"]
         assert tps["n"] == 2 and tps["min"] <= tps["median"] <= tps["max"]
     assert "[" in (tmp_path / "wedlm.md").read_text(), "tok/s cells show median [min-max]"
+
+
+def test_bench_llamacpp_says_how_to_get_llama_cpp(monkeypatch):
+    """llama-cpp-python is no dependency (a 20-40 minute source build): without it the comparison
+    script stops with how to build it, before loading any model."""
+    if "llama_cpp" in sys.modules or _importable("llama_cpp"):
+        pytest.skip("llama_cpp is installed here")
+    monkeypatch.setattr(sys, "argv", [str(BENCH / "bench_llamacpp.py")])
+    with pytest.raises(SystemExit, match="llama-cpp-python into a venv of its own"):
+        runpy.run_path(str(BENCH / "bench_llamacpp.py"), run_name="__main__")
+
+
+def _importable(name):
+    import importlib.util
+    return importlib.util.find_spec(name) is not None

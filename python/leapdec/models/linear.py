@@ -102,12 +102,27 @@ class FusedLinears:
     def _key(self):
         return tuple(weight_key(p) for layer in self.layers for p in (layer.weight, layer.bias) if p is not None)
 
+    def _fresh(self) -> bool:
+        """Whether every layer still holds the weight and bias this copy was fused from."""
+        key = self.key
+        i = 0
+        for layer in self.layers:
+            for p in (layer.weight, layer.bias):
+                if p is not None:
+                    if weight_key(p) != key[i]:
+                        return False
+                    i += 1
+        return True
+
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor] | None:
-        if not _few_rows_cpu(x, self.packed, self.bias) or self._key() != self.key:
-            return None
-        if x.dim() == 2 and x.is_contiguous():
+        if x.dim() == 2 and x.shape[0] <= FEW_ROWS and x.is_cpu and not torch.is_grad_enabled() \
+                and x.dtype in _X_DTYPES and x.is_contiguous() and not torch.compiler.is_compiling():
+            if not self._fresh():                      # the decode hot path, kept lean
+                return None
             y = torch.empty((x.shape[0], self.out_features), dtype=x.dtype)
             _LINEAR(y, x, self.packed, self.bias)
+        elif not _few_rows_cpu(x, self.packed, self.bias) or not self._fresh():
+            return None
         else:
             y = ops.linear(x, self.packed, self.bias, out_features=self.out_features)
         return y.split(self.sizes, dim=-1)

@@ -219,7 +219,7 @@ class Attention(nn.Module):
                               step.plan.kv_indices, step.plan.kv_last_page_len, mask_mode,
                               step.custom_mask, step.mask_indptr,
                               max_qo_len=step.plan.max_qo_len, max_kv_len=step.plan.max_kv_len)
-        return self.o_proj(out.view(x.shape[0], self.num_heads * self.head_dim))
+        return self.o_proj.forward(out.view(x.shape[0], self.num_heads * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -270,7 +270,7 @@ class DecoderLayer(nn.Module):
             h, residual = self.input_layernorm.add_forward(h, residual)
         h = self.self_attn.forward_paged(h, step, mask_mode, cos_sin, k_cache, v_cache)
         h, residual = self.post_attention_layernorm.add_forward(h, residual)
-        return self.mlp(h), residual
+        return self.mlp.forward(h), residual                    # no hooks on the decode hot path
 
 
 class Transformer(nn.Module):

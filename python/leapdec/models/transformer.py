@@ -130,14 +130,15 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def _use_op(self, x: torch.Tensor) -> bool:
-        return (not torch.is_grad_enabled() or not (x.requires_grad or self.weight.requires_grad)) \
-            and x.is_contiguous() and x.device == self.weight.device and x.dtype in _NORM_DTYPES \
-            and not torch.compiler.is_compiling()
+        # (a device mismatch reaches the op, which names it, as torch's own norm would fail too)
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return False
+        return x.dtype in _NORM_DTYPES and x.is_contiguous() and not torch.compiler.is_compiling()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._use_op(x):
             out = torch.empty_like(x)
-            _OPS.rms_norm(out, x, self.weight, self.eps)
+            _RMS_NORM(out, x, self.weight, self.eps)
             return out
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)     # same math, one op
@@ -148,14 +149,19 @@ class RMSNorm(nn.Module):
     def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``residual = residual + x`` and its norm: returns ``(norm, residual)``. Without autograd
         both happen in place in one ``fused_add_rms_norm`` call (x and residual are overwritten)."""
-        if self._use_op(x) and self._use_op(residual) and residual.dtype == x.dtype:
-            _OPS.fused_add_rms_norm(x, residual, self.weight, self.eps)
+        if self._use_op(x) and residual.dtype == x.dtype and residual.is_contiguous() \
+                and not (residual.requires_grad and torch.is_grad_enabled()):
+            _FUSED_ADD_RMS_NORM(x, residual, self.weight, self.eps)
             return x, residual
         residual = residual + x
         return self(residual), residual
 
 
 _NORM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_RMS_NORM = _OPS.rms_norm.default
+_FUSED_ADD_RMS_NORM = _OPS.fused_add_rms_norm.default
+_ROPE_APPEND = _OPS.rope_append_paged_kv.default
+_PAGED_ATTENTION = _OPS.paged_attention.default
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -212,14 +218,40 @@ class Attention(nn.Module):
     def forward_paged(self, x, step: StepInput, mask_mode, cos_sin, k_cache, v_cache):
         """Paged forward: ``x [N, hidden]``; RoPE + cache write, then paged attention."""
         q, k, v = self._qkv(x)
-        q = q.contiguous()
-        rope_append_paged_kv(q, k.contiguous(), v.contiguous(), step.positions, cos_sin,
-                             k_cache, v_cache, step.slot_mapping)
-        out = paged_attention(q, k_cache, v_cache, step.plan.qo_indptr, step.plan.kv_indptr,
-                              step.plan.kv_indices, step.plan.kv_last_page_len, mask_mode,
-                              step.custom_mask, step.mask_indptr,
-                              max_qo_len=step.plan.max_qo_len, max_kv_len=step.plan.max_kv_len)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        plan = step.plan
+        if q.is_cpu and _direct_args(step, mask_mode):
+            # CPU kernels check every index themselves: skip the wrappers' conversions (~12 us)
+            _ROPE_APPEND(q, k, v, step.positions, cos_sin, k_cache, v_cache, step.slot_mapping, True)
+            out = torch.empty_like(q)
+            custom = mask_mode == "custom"
+            _PAGED_ATTENTION(out, None, q, k_cache, v_cache, plan.qo_indptr, plan.kv_indptr, plan.kv_indices,
+                             plan.kv_last_page_len, mask_mode, step.custom_mask if custom else None,
+                             step.mask_indptr if custom else None, self.head_dim ** -0.5,
+                             plan.max_qo_len, plan.max_kv_len, None)
+        else:
+            rope_append_paged_kv(q, k, v, step.positions, cos_sin, k_cache, v_cache, step.slot_mapping)
+            out = paged_attention(q, k_cache, v_cache, plan.qo_indptr, plan.kv_indptr, plan.kv_indices,
+                                  plan.kv_last_page_len, mask_mode, step.custom_mask, step.mask_indptr,
+                                  max_qo_len=plan.max_qo_len, max_kv_len=plan.max_kv_len)
         return self.o_proj.forward(out.view(x.shape[0], self.num_heads * self.head_dim))
+
+
+def _direct_args(step: StepInput, mask_mode: str) -> bool:
+    """Whether ``step`` already holds what the RoPE and attention ops take (int64 positions, int32
+    slots and plan, a flat bool mask with int32 offsets): then a CPU step calls them directly."""
+    plan = step.plan
+    if step.positions.dtype != torch.int64 or step.slot_mapping.dtype != torch.int32 \
+            or plan.max_qo_len is None or plan.max_kv_len is None:
+        return False
+    if not (plan.qo_indptr.dtype == plan.kv_indptr.dtype == plan.kv_indices.dtype
+            == plan.kv_last_page_len.dtype == torch.int32):
+        return False
+    if mask_mode == "custom":
+        m, mi = step.custom_mask, step.mask_indptr
+        return m is not None and mi is not None and m.dtype == torch.bool and m.dim() == 1 \
+            and m.is_contiguous() and mi.dtype == torch.int32
+    return True
 
 
 class MLP(nn.Module):

@@ -1,6 +1,7 @@
 #include "checks.h"
 
 #include <cmath>
+#include <vector>
 
 #include "ops.h"
 
@@ -230,6 +231,23 @@ int64_t check_fused_add_rms_norm_args(const at::Tensor& input, const at::Tensor&
   TORCH_CHECK(input.numel() == 0 || input.data_ptr() != residual.data_ptr(),
               "input and residual must be different tensors (residual += input, then input = the norm)");
   return d;
+}
+
+int64_t check_silu_and_mul_args(const at::Tensor& out, const at::Tensor& input) {
+  TORCH_CHECK(input.dim() >= 1, "input must have at least one dimension [..., 2D], got shape ", input.sizes());
+  check_float_dtype(input, "input", input.is_cuda());
+  const int64_t two_d = input.size(-1);
+  TORCH_CHECK(two_d % 2 == 0, "input's last dim must be even (gate then up halves), got ", two_d);
+  std::vector<int64_t> want(input.sizes().begin(), input.sizes().end());
+  want.back() = two_d / 2;
+  TORCH_CHECK(out.sizes() == at::IntArrayRef(want), "out must be ", at::IntArrayRef(want),
+              " (input's shape with the last dim halved), got ", out.sizes());
+  TORCH_CHECK(out.scalar_type() == input.scalar_type(), "out must have the dtype of input (",
+              input.scalar_type(), "), got ", out.scalar_type());
+  check_same_device(out, input, "out", "input");
+  check_contiguous(input, "input");
+  check_contiguous(out, "out");
+  return two_d / 2;
 }
 
 int64_t check_linear_args(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,

@@ -69,6 +69,10 @@ int64_t check_rms_norm_args(const at::Tensor& input, const at::Tensor& other, co
 int64_t check_fused_add_rms_norm_args(const at::Tensor& input, const at::Tensor& residual,
                                       const at::Tensor& weight, double eps);
 
+// silu_and_mul: input [..., 2D] (float dtype, contiguous), out [..., D] of input's dtype and device,
+// contiguous. Returns D.
+int64_t check_silu_and_mul_args(const at::Tensor& out, const at::Tensor& input);
+
 // Everything about paged_attention that can be checked without reading index values.
 // Returns the parsed mask mode (0 none, 1 causal, 2 custom).
 int check_paged_attention_args(const at::Tensor& out, const std::optional<at::Tensor>& lse,

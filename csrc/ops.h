@@ -70,6 +70,7 @@ void linear_cpu(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
                 const std::optional<at::Tensor>& bias);
 void rms_norm_cpu(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight, double eps);
 void fused_add_rms_norm_cpu(at::Tensor& input, at::Tensor& residual, const at::Tensor& weight, double eps);
+void silu_and_mul_cpu(at::Tensor& out, const at::Tensor& input);
 
 // ---------------------------------------------------------------- CUDA
 #ifdef LEAPDEC_WITH_CUDA
@@ -125,6 +126,7 @@ void linear_cuda(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
                  const std::optional<at::Tensor>& bias);
 void rms_norm_cuda(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight, double eps);
 void fused_add_rms_norm_cuda(at::Tensor& input, at::Tensor& residual, const at::Tensor& weight, double eps);
+void silu_and_mul_cuda(at::Tensor& out, const at::Tensor& input);
 #endif
 
 }  // namespace leapdec

@@ -61,6 +61,8 @@ TORCH_LIBRARY(leapdec, m) {
   m.def("rms_norm(Tensor(a!) out, Tensor input, Tensor weight, float eps) -> ()");
   // The residual add before a norm, in place (vLLM's fused_add_rms_norm): residual += input, then input = rms_norm(residual) * weight.
   m.def("fused_add_rms_norm(Tensor(a!) input, Tensor(b!) residual, Tensor weight, float eps) -> ()");
+  // SwiGLU's gate: out[..., D] = silu(input[..., :D]) * input[..., D:] (vLLM's silu_and_mul), rounded like Hugging Face's act_fn(gate) * up.
+  m.def("silu_and_mul(Tensor(a!) out, Tensor input) -> ()");
   // @@ more schemas (later issues) go above this line
 }
 
@@ -79,6 +81,7 @@ TORCH_LIBRARY_IMPL(leapdec, CPU, m) {
   m.impl("linear", &leapdec::linear_cpu);
   m.impl("rms_norm", &leapdec::rms_norm_cpu);
   m.impl("fused_add_rms_norm", &leapdec::fused_add_rms_norm_cpu);
+  m.impl("silu_and_mul", &leapdec::silu_and_mul_cpu);
   // @@ more CPU impls go above this line
 }
 
@@ -98,6 +101,7 @@ TORCH_LIBRARY_IMPL(leapdec, CUDA, m) {
   m.impl("linear", &leapdec::linear_cuda);
   m.impl("rms_norm", &leapdec::rms_norm_cuda);
   m.impl("fused_add_rms_norm", &leapdec::fused_add_rms_norm_cuda);
+  m.impl("silu_and_mul", &leapdec::silu_and_mul_cuda);
   // @@ more CUDA impls go above this line
 }
 #endif

@@ -4,7 +4,8 @@
 // The fused form first writes residual = T(input + residual) and normalises that into input, so
 // a decoder layer's residual add and the next norm are one pass and one call (vLLM's
 // fused_add_rms_norm). A decode step has one row: the call costs ~1 us where torch's rms_norm
-// costs ~15 us on a 2-core VM. Rows run in parallel when there are many.
+// costs ~15 us on a 2-core VM. Rows run in parallel when there are many. silu_and_mul (SwiGLU's
+// gate, vLLM's op) lives here too: out = T(T(silu(gate)) * up) per row of [gate | up].
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
@@ -101,7 +102,42 @@ void norm_dispatch(at::Tensor& out, const at::Tensor& x, at::Tensor* residual, c
   }
 }
 
+template <typename T>
+void silu_mul_rows(T* out, const T* in, int64_t d, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* g = in + r * 2 * d;
+    const T* u = g + d;
+    T* o = out + r * d;
+    for (int64_t j = 0; j < d; ++j) {
+      const float x = f32(g[j]);
+      const T act = static_cast<T>(x / (1.0f + std::exp(-x)));
+      o[j] = static_cast<T>(f32(act) * f32(u[j]));
+    }
+  }
+}
+
 }  // namespace
+
+void silu_and_mul_cpu(at::Tensor& out, const at::Tensor& input) {
+  const int64_t d = check_silu_and_mul_args(out, input);
+  const int64_t rows = d == 0 ? 0 : out.numel() / d;
+  if (rows == 0) return;
+  const int64_t grain = std::max<int64_t>(1, kTaskElems / d);
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    T* o = static_cast<T*>(out.data_ptr());
+    const T* in = static_cast<const T*>(input.data_ptr());
+    at::parallel_for(0, rows, grain, [&](int64_t a, int64_t b) { silu_mul_rows(o, in, d, a, b); });
+  };
+  switch (input.scalar_type()) {
+    case at::kFloat:
+      return run(float{});
+    case at::kBFloat16:
+      return run(c10::BFloat16{});
+    default:  // checked: float16
+      return run(c10::Half{});
+  }
+}
 
 void rms_norm_cpu(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight, double eps) {
   const int64_t d = check_rms_norm_args(input, out, "out", weight, eps);

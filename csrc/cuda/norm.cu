@@ -1,4 +1,4 @@
-// CUDA launchers of rms_norm and fused_add_rms_norm (kernel: csrc/include/leapdec/norm.cuh). Same
+// CUDA launchers of rms_norm, fused_add_rms_norm and silu_and_mul (kernel: csrc/include/leapdec/norm.cuh). Same
 // argument checks as the CPU ops; input float16 / bfloat16 / float32, weight any of the three. No
 // sync, no allocation (graph-capturable).
 #include <ATen/core/Tensor.h>
@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 
@@ -48,6 +49,22 @@ void rms_norm_cuda(at::Tensor& out, const at::Tensor& input, const at::Tensor& w
 void fused_add_rms_norm_cuda(at::Tensor& input, at::Tensor& residual, const at::Tensor& weight, double eps) {
   const int64_t d = check_fused_add_rms_norm_args(input, residual, weight, eps);
   launch_norm<true>(input, input, &residual, weight, d, eps);
+}
+
+void silu_and_mul_cuda(at::Tensor& out, const at::Tensor& input) {
+  const int64_t d = check_silu_and_mul_args(out, input);
+  TORCH_CHECK(input.is_cuda(), "silu_and_mul (CUDA): input must be a CUDA tensor");
+  const int64_t rows = d == 0 ? 0 : out.numel() / d;
+  if (rows == 0) return;
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(input.get_device()).stream();
+  const int64_t total = rows * d;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65535));
+  LEAPDEC_DISPATCH_FLOAT(input.scalar_type(), "silu_and_mul", T, {
+    silu_and_mul_kernel<T><<<blocks, 256, 0, stream>>>(static_cast<T*>(out.data_ptr()),
+                                                       static_cast<const T*>(input.data_ptr()), rows, d);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 }  // namespace leapdec

@@ -186,6 +186,13 @@ def fused_add_rms_norm(x, residual, weight, eps=1e-6):
     return rms_norm(r, weight, eps), r
 
 
+def silu_and_mul(x):
+    """SwiGLU's gate: ``silu(x[..., :D]) * x[..., D:]`` for ``x [..., 2D]``, each product rounded
+    to x's dtype like Hugging Face's ``act_fn(gate) * up``."""
+    gate, up = x.chunk(2, dim=-1)
+    return (torch.nn.functional.silu(gate.float()).to(x.dtype).float() * up.float()).to(x.dtype)
+
+
 def tree_children(parents_row):
     """Children of every node of one tree (a list of parent ids), in index order."""
     children = [[] for _ in parents_row]

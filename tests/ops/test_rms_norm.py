@@ -1,4 +1,4 @@
-"""``rms_norm`` and ``fused_add_rms_norm`` against ``reference.py``: one row and many (the
+"""``rms_norm``, ``fused_add_rms_norm`` and ``silu_and_mul`` against ``reference.py``: one row and many (the
 parallel path), odd widths, leading dims, activations and weights in each float dtype, in place;
 Hugging Face's RMSNorm (the model's torch path) as a second oracle; opcheck; bad input."""
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from leapdec import reference as ref
-from leapdec.ops import fused_add_rms_norm, rms_norm
+from leapdec.ops import fused_add_rms_norm, rms_norm, silu_and_mul
 from leapdec.ops._lib import OPS
 
 from devices import TOLERANCES, dtypes_for
@@ -95,3 +95,44 @@ def test_bad_residual():
         OPS.fused_add_rms_norm(x, torch.randn(4, 16).bfloat16(), w, 1e-6)
     with pytest.raises(RuntimeError, match="different tensors"):
         OPS.fused_add_rms_norm(x, x, w, 1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (1, 3072), (3, 1024), (5, 66), (2, 3, 64), (300, 40), (4, 0)])
+def test_silu_and_mul_matches_reference(device, shape):
+    gen = torch.Generator().manual_seed(sum(shape))
+    for dtype in dtypes_for(device):
+        x = (4 * torch.randn(shape, generator=gen)).to(device=device, dtype=dtype)
+        close(silu_and_mul(x), ref.silu_and_mul(x))
+        gate, up = x.float().chunk(2, dim=-1)                       # and the plain float formula
+        torch.testing.assert_close(silu_and_mul(x).float(), torch.nn.functional.silu(gate) * up,
+                                   **TOLERANCES[dtype])
+
+
+def test_silu_and_mul_opcheck_and_bad_input():
+    x = torch.randn(3, 20)
+    torch.library.opcheck(OPS.silu_and_mul.default, (torch.empty(3, 10), x))
+    with pytest.raises(RuntimeError, match="last dim must be even"):
+        OPS.silu_and_mul(torch.empty(3, 3), torch.randn(3, 7))
+    with pytest.raises(RuntimeError, match="out must be \\[3, 10\\]"):
+        OPS.silu_and_mul(torch.empty(3, 20), x)
+    with pytest.raises(RuntimeError, match="out must have the dtype of input"):
+        OPS.silu_and_mul(torch.empty(3, 10).bfloat16(), x)
+    with pytest.raises(RuntimeError, match="input must be contiguous"):
+        OPS.silu_and_mul(torch.empty(20, 2), torch.randn(4, 20).t())
+    with pytest.raises(RuntimeError, match="input must be float32"):
+        OPS.silu_and_mul(torch.empty(3, 10, dtype=torch.int32), x.int())
+
+
+def test_the_mlp_takes_the_fused_path_and_matches_the_torch_path():
+    """With gate/up fused (stream_weights), a few-row MLP step runs linear + silu_and_mul + linear;
+    it equals the unfused torch modules."""
+    from leapdec.models.linear import stream_weights
+    from leapdec.models.testing import tiny_model
+    model = tiny_model("llama", seed=11)
+    mlp = model.layers[0].mlp
+    x = torch.randn(3, model.config.hidden_size)
+    with torch.no_grad():
+        want = mlp.down_proj(torch.nn.functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+        stream_weights(model, torch.float32)
+        assert mlp._fused_gate_up is not None and mlp._fused_gate_up.matmul(x) is not None
+        torch.testing.assert_close(mlp(x), want, atol=1e-5, rtol=1e-5)

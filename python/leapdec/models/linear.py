@@ -115,6 +115,12 @@ class FusedLinears:
         return True
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor] | None:
+        y = self.matmul(x)
+        return None if y is None else y.split(self.sizes, dim=-1)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The layers' outputs side by side ``[..., sum(out_features)]``, or None when the fused
+        copy does not apply (not a few-row CPU step, or a weight changed)."""
         if x.dim() == 2 and x.shape[0] <= FEW_ROWS and x.is_cpu and not torch.is_grad_enabled() \
                 and x.dtype in _X_DTYPES and x.is_contiguous() and not torch.compiler.is_compiling():
             if not self._fresh():                      # the decode hot path, kept lean
@@ -125,7 +131,7 @@ class FusedLinears:
             return None
         else:
             y = ops.linear(x, self.packed, self.bias, out_features=self.out_features)
-        return y.split(self.sizes, dim=-1)
+        return y
 
 
 def stream_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16, pack: bool = True) -> nn.Module:

@@ -162,6 +162,7 @@ _RMS_NORM = _OPS.rms_norm.default
 _FUSED_ADD_RMS_NORM = _OPS.fused_add_rms_norm.default
 _ROPE_APPEND = _OPS.rope_append_paged_kv.default
 _PAGED_ATTENTION = _OPS.paged_attention.default
+_SILU_AND_MUL = _OPS.silu_and_mul.default
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -270,8 +271,13 @@ class MLP(nn.Module):
         self._fused_gate_up = FusedLinears([self.gate_proj, self.up_proj])
 
     def forward(self, x):
-        fused = None if self._fused_gate_up is None else self._fused_gate_up(x)
-        gate, up = fused if fused is not None else (self.gate_proj(x), self.up_proj(x))
+        fused = None if self._fused_gate_up is None else self._fused_gate_up.matmul(x)
+        if fused is not None and self._fused_gate_up.sizes[0] == self._fused_gate_up.sizes[1]:
+            h = torch.empty(*fused.shape[:-1], fused.shape[-1] // 2, dtype=fused.dtype)
+            _SILU_AND_MUL(h, fused)                       # [gate | up] -> silu(gate) * up, one call
+            return self.down_proj(h)
+        gate, up = fused.split(self._fused_gate_up.sizes, -1) if fused is not None else \
+            (self.gate_proj(x), self.up_proj(x))
         return self.down_proj(F.silu(gate) * up)
 
 

@@ -7,7 +7,7 @@ from leapdec.ops.ctc import CTCPrefixScores, ctc_initial_state, ctc_prefix_score
 from leapdec.ops.diffusion import topological_reorder, unmask_and_filter
 from leapdec.ops.kv_cache import append_paged_kv, move_kv_slots
 from leapdec.ops.linear import linear, pack_linear_weight
-from leapdec.ops.norm import fused_add_rms_norm, rms_norm
+from leapdec.ops.norm import fused_add_rms_norm, rms_norm, silu_and_mul
 from leapdec.ops.rope import rope_append_paged_kv
 from leapdec.ops.tree import (TreeVerification, build_tree, verify_tree_greedy, verify_tree_sampling,
                               verify_tree_typical)
@@ -16,4 +16,4 @@ __all__ = ["append_paged_kv", "move_kv_slots", "paged_attention", "rope_append_p
            "set_index_checks", "TreeVerification", "build_tree", "verify_tree_greedy",
            "verify_tree_sampling", "verify_tree_typical", "topological_reorder", "unmask_and_filter",
            "CTCPrefixScores", "ctc_initial_state", "ctc_prefix_score", "linear", "pack_linear_weight",
-           "rms_norm", "fused_add_rms_norm"]
+           "rms_norm", "fused_add_rms_norm", "silu_and_mul"]

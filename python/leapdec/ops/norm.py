@@ -1,5 +1,5 @@
 """``rms_norm`` and ``fused_add_rms_norm``: a decoder layer's norms, and its residual add fused
-into the next norm (vLLM's pair of ops)."""
+into the next norm (vLLM's pair of ops); ``silu_and_mul``: its SwiGLU gate."""
 
 from __future__ import annotations
 
@@ -25,6 +25,22 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
     the row instead of an add and a norm."""
     OPS.fused_add_rms_norm(x, residual, weight, eps)
     return x, residual
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``silu(x[..., :D]) * x[..., D:]`` for ``x [..., 2D]`` (gate then up, as a fused gate/up
+    projection writes them), rounded like Hugging Face's ``act_fn(gate) * up``. One call instead
+    of a split, a silu and a multiply."""
+    if x.dim() < 1:
+        raise ValueError(f"x must have at least one dimension [..., 2D], got shape {tuple(x.shape)}")
+    out = torch.empty(*x.shape[:-1], x.shape[-1] // 2, dtype=x.dtype, device=x.device)
+    OPS.silu_and_mul(out, x)
+    return out
+
+
+@torch.library.register_fake("leapdec::silu_and_mul")
+def _silu_and_mul_fake(out, input):
+    return None
 
 
 @torch.library.register_fake("leapdec::rms_norm")

@@ -369,6 +369,30 @@ void run_norm(int rows, int d, unsigned seed) {
               rows, d, worst);
 }
 
+// silu_and_mul_kernel: out[r, j] = T(T(silu(gate)) * up) against a double reference, with a grid
+// smaller than the elements (the grid-stride loop) and d not a multiple of the block.
+template <typename T>
+void run_silu_and_mul(int rows, int d, int blocks, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.f, 3.f);
+  std::vector<T> in(size_t(rows) * 2 * d), out(size_t(rows) * d, fromf<T>(-7.f));
+  for (auto& v : in) v = fromf<T>(nd(rng));
+  emu::launch(dim3(blocks), dim3(256), [&] { silu_and_mul_kernel<T>(out.data(), in.data(), rows, d); });
+  double worst = 0;
+  for (int r = 0; r < rows; ++r) {
+    for (int j = 0; j < d; ++j) {
+      const double g = tof(in[size_t(r) * 2 * d + j]), u = tof(in[size_t(r) * 2 * d + d + j]);
+      const double want = double(tof(fromf<T>(float(g / (1.0 + std::exp(-g)))))) * u;
+      worst = std::max(worst, std::abs(tof(out[size_t(r) * d + j]) - want) / (1.0 + std::abs(want)));
+    }
+  }
+  const double tol = sizeof(T) == 4 ? 1e-5 : (std::is_same_v<T, __half> ? 2e-3 : 1.6e-2);
+  const bool ok = worst <= tol;
+  if (!ok) ++g_fail;
+  std::printf("%-5s silu_and_mul rows%d d%d blocks%d (max rel err %.2e)\n", ok ? "ok" : "FAIL", rows, d, blocks,
+              worst);
+}
+
 int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
   if (only.empty() || only == "fastdiv") {  // page_size division over a range of divisors
@@ -440,6 +464,9 @@ int main(int argc, char** argv) {
     run_norm<__nv_bfloat16, float, true>(5, 100, 33);
     run_norm<__half, __half, false>(9, 64, 34);
     run_norm<float, __nv_bfloat16, false>(3, 5, 35);
+    run_silu_and_mul<float>(3, 300, 2, 36);
+    run_silu_and_mul<__nv_bfloat16>(5, 33, 1, 37);
+    run_silu_and_mul<__half>(1, 7, 4, 38);
   }
   std::printf(g_fail ? "FAILURES: %d\n" : "all ok\n", g_fail);
   return g_fail != 0;

@@ -36,6 +36,13 @@ def _few_rows_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return not torch.compiler.is_compiling()
 
 
+def _decode_step_cpu(x: torch.Tensor) -> bool:
+    """The decode hot path of ``_few_rows_cpu`` without autograd: 2-D, contiguous, so the
+    layers may call the op directly on a fresh output."""
+    return x.dim() == 2 and x.shape[0] <= FEW_ROWS and x.is_cpu and not torch.is_grad_enabled() \
+        and x.dtype in _X_DTYPES and x.is_contiguous() and not torch.compiler.is_compiling()
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            packed: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` in x's dtype, whatever the weight's float dtype. ``packed``:
@@ -70,14 +77,11 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, packed = self.weight, self._packed
-        if x.dim() == 2 and x.shape[0] <= FEW_ROWS and x.is_cpu and not torch.is_grad_enabled() \
-                and x.dtype in _X_DTYPES and x.is_contiguous() and not torch.compiler.is_compiling():
-            # the hot path of a decode step, kept lean: ~5 us of Python instead of ~20
-            op_w = packed[0] if packed is not None and packed[1] == weight_key(w) else w
-            out = torch.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
-            _LINEAR(out, x, op_w, self.bias)
-            return out
         packed = packed[0] if packed is not None and packed[1] == weight_key(w) else None
+        if _decode_step_cpu(x):                        # the op called directly: ~5 us of Python, not ~20
+            out = torch.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
+            _LINEAR(out, x, w if packed is None else packed, self.bias)
+            return out
         return linear(x, w, self.bias, packed)
 
 
@@ -121,9 +125,8 @@ class FusedLinears:
     def matmul(self, x: torch.Tensor) -> torch.Tensor | None:
         """The layers' outputs side by side ``[..., sum(out_features)]``, or None when the fused
         copy does not apply (not a few-row CPU step, or a weight changed)."""
-        if x.dim() == 2 and x.shape[0] <= FEW_ROWS and x.is_cpu and not torch.is_grad_enabled() \
-                and x.dtype in _X_DTYPES and x.is_contiguous() and not torch.compiler.is_compiling():
-            if not self._fresh():                      # the decode hot path, kept lean
+        if _decode_step_cpu(x):                        # the op called directly
+            if not self._fresh():
                 return None
             y = torch.empty((x.shape[0], self.out_features), dtype=x.dtype)
             _LINEAR(y, x, self.packed, self.bias)

@@ -226,17 +226,17 @@ LEAPDEC_SIMD_INLINE void packed_dots_pair(const S* src, const float* x0, const f
   }
 }
 
-// Tiles [t0, t1) of y[M, N] (float32) for x[M, K] float32 and packed weights of type T. With
-// several x rows, 16-bit weights are widened once per chunk into a float32 buffer (in L1).
+// Tiles [t0, t1) of y[M, N] (float32) for x[M, K] float32 and packed weights of type T. Above
+// kWidenMinRows x rows, 16-bit weights are widened once per chunk into a float32 buffer (in L1).
 template <int W, typename T>
 LEAPDEC_SIMD_INLINE void packed_tiles(const float* x, const T* w, float* y, int64_t m, int64_t n,
                                       int64_t k, int64_t t0, int64_t t1) {
   constexpr int64_t kChunk = 64;  // column blocks per chunk
   const int64_t kb = (k + 7) / 8, kfull = k / 8;
   const bool widen = !std::is_same_v<T, float> && m > kWidenMinRows;
-  // 16-bit weights widened in registers: two x rows share each widened vector (bf16 SmolLM2
-  // layers: 2-4 rows 20-23 % faster). float32 weights and the widened buffer stay one row at a
-  // time, where the extra accumulator traffic made pairs 5-10 % slower.
+  // 16-bit weights widened in registers: two x rows share each widened vector (2-4 rows: 20-23 %
+  // faster on one thread, SmolLM2's 211 bf16 layers 8-13 % on two). float32 weights and the
+  // widened buffer stay one row at a time, where pairs were 5-10 % slower.
   const bool pairs = !std::is_same_v<T, float> && !widen;
   alignas(64) float buf[kChunk * 64];
   for (int64_t t = t0; t < t1; ++t) {

@@ -25,6 +25,7 @@ def test_bench_diffusion_quick(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "diffusion.json").read_text())
     rows = {r["decode"]: r for r in report["rows"]}
     base = rows["LLaDA baseline (steps = gen_length)"]
+    assert all(0 <= r["answered"] <= 2 and 1 <= r["distinct_answers"] <= 2 for r in rows.values())
     assert base["calls_per_row"] == 64 and base["identical_rows"] == 2 and base["nfe_reduction"] == 1
     for label in ("Learn2PD + EoTP (0.9)", "Fast-dLLM threshold 0.9"):
         assert 1 <= rows[label]["calls_per_row"] <= 64
@@ -37,9 +38,24 @@ def test_bench_diffusion_quick(tmp_path, monkeypatch):
         assert w["n"] == 2 and w["min"] <= w["median"] <= w["max"]
 
 
+def test_answers_with_a_body_and_request_prompts():
+    """The "answered with a body" column (issue 10 item 8) and the short-request prompts."""
+    from leapdec.bench.diffusion import has_body, prompt_texts
+
+    prompt = 'def half(x):\n    """Return half of x."""\n    '
+    assert has_body(prompt, "return x / 2\n") and has_body(prompt, "y = x // 2\n    return y\n")
+    for answer in ("", "pass\n", "x\n", "'text'\n", "return (\n", "self.tk."):
+        assert not has_body(prompt, answer), answer
+    assert has_body("    def m(self):\n        'Doc.'\n        ", "return 1\n")   # a method
+    requests = prompt_texts("requests", 3)
+    assert len(requests) == 3 and all(r.startswith("def ") and r.endswith('"""\n    ') for r in requests)
+    assert len(prompt_texts("functions", 2)) == 2
+
+
 def test_bench_wedlm_quick(tmp_path, monkeypatch):
-    run_script("bench_wedlm.py", ["--quick", "--out", str(tmp_path)], monkeypatch)
+    run_script("bench_wedlm.py", ["--quick", "--prompts-from", "requests", "--out", str(tmp_path)], monkeypatch)
     rows = json.loads((tmp_path / "wedlm.json").read_text())["rows"]
+    assert all(0 <= r["answered"] <= 2 for r in rows)
     assert [r["decode"] for r in rows] == ["AR (our engine)", "WeDLM", "WeDLM"]
     assert all(r["tokens_per_forward"] >= 0 for r in rows)
     # threshold 0 fills exactly one mask per forward: no more tokens per forward than 1

@@ -125,3 +125,60 @@ def test_gguf_models_default_to_the_smollm2_presets():
         assert recipe.default_preset("smollm2-135m-instruct") == "smollm2"
         assert recipe.default_preset("stdlib-ar") == "default"
         assert recipe.PRESETS["smollm2"].data == "distill" and recipe.PRESETS["smollm2"].draft_vocab
+
+
+# ----------------------------------------------------------------------------- sequence-level distillation
+
+ANSWER = '''Here is the function:
+
+```python
+import os
+
+def is_empty(path):
+    """Tell whether the file is empty."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return True
+    return False
+
+print(is_empty("x"))
+```
+
+It uses `os.path.getsize`.'''
+
+
+def test_answer_body_is_the_requested_functions_statements():
+    body = distill.answer_body(ANSWER, "is_empty")
+    # the answer's own docstring is dropped (the prompt has one); 4-space layout, first line's
+    # indentation in the prompt; the statement after the function is not part of it
+    assert body == ("size = os.path.getsize(path)\n    if size == 0:\n        return True\n"
+                    "    return False\n")
+    prompt = distill.request_prompt("is_empty(path)", "tell whether the file is empty.")
+    assert prompt == 'def is_empty(path):\n    """Tell whether the file is empty."""\n    '
+    assert distill._parses(prompt + body)
+    # the prompt has the layout of the corpus' own prompts: the body's indentation ends it
+    fn = __import__("leapdec.train.corpus", fromlist=["x"]).function_prompts(prompt + body)[0]
+    assert (fn.prompt, fn.reference) == (prompt, body)
+
+
+@pytest.mark.parametrize("answer, why", [
+    (ANSWER, "another name"),
+    (ANSWER.replace("```\n\nIt uses", "IT USES").split("print(")[0], "cut off inside the function"),
+    ('```python\ndef is_empty(path):\n    """Doc."""\n    pass\n```', "only pass"),
+    ('```python\ndef is_empty(path):\n    ...\n```', "only ..."),
+    ('```python\ndef is_empty(path):\n    """Only a docstring."""\n```', "only a docstring"),
+    ('```python\ndef is_empty(path):\n' + '    x = 1\n' * 4 + '    return x\n```', "a looping answer"),
+    ('```python\ndef is_empty(path):\n    return (\n```', "does not parse"),
+    ('def is_empty(path):\n    return 1\n', "no code block"),
+])
+def test_answer_body_rejects(answer, why):
+    name = "is_full" if why == "another name" else "is_empty"
+    if why == "cut off inside the function":
+        answer = answer.split("    return False")[0]      # the answer stopped mid-function
+    assert distill.answer_body(answer, name) is None, why
+
+
+def test_answer_body_finds_the_function_in_a_later_block_and_reindents():
+    answer = ("```python\nx = 1\n```\nthen\n```python\nclass A:\n  def f(self, n):\n    for i in range(n):\n"
+              "      yield i\n```")
+    assert distill.answer_body(answer, "f") == "for i in range(n):\n        yield i\n"

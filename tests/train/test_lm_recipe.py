@@ -179,3 +179,70 @@ def test_random_length_steps_train_on_cut_batches(trained, tmp_path, monkeypatch
                        init_from=trained["ar"][0], progress=False)
     assert card["training"]["steps"] == 2
     assert card["recipe"]["init_from_commands"] == [cards.load_card(trained["ar"][0])["command"]]
+
+
+def test_distill_preset_mixes_distilled_bodies_into_the_sft_rows(trained, tmp_path, monkeypatch):
+    """Sequence-level distillation (``distill_answers``): another model's bodies for short
+    requests, as text re-tokenized with this model's tokenizer, make ``distill_share`` of the SFT
+    rows; the rest are the corpus' functions and plain windows; the card records the data."""
+    from leapdec.train import distill
+
+    bodies = [(distill.request_prompt(f"twice_{i}(x)", "return x doubled."), f"return x * {i}\n")
+              for i in range(5)]
+    asked = []
+
+    def fake_bodies(base, n, split="train", max_new_tokens=128, seed=0, **kw):
+        asked.append((base, n, split))
+        return bodies
+
+    monkeypatch.setattr(distill, "function_bodies", fake_bodies)
+    tiny = lm.PRESETS["tiny"]
+    monkeypatch.setitem(lm.PRESETS, "tiny-distill", lm.dataclasses.replace(
+        tiny, steps=3, eval_every=100, batch_size=8, sft_share=0.75, distill_base="teacher",
+        distill_answers=7, distill_share=0.67))
+    seen = []
+    real = lm.sft_batch
+
+    def spy(pairs, rows, seq_len, eos):
+        seen.append([pairs[r] for r in rows])
+        return real(pairs, rows, seq_len, eos)
+
+    monkeypatch.setattr(lm, "sft_batch", spy)
+    card = lm.train_lm("mdm", "tiny-distill", tmp_path / "d", device="cpu", seed=0,
+                       init_from=trained["mdm"][0], progress=False)
+    assert asked == [("teacher", 7, "train")]
+    info = card["corpus"]["distilled"]
+    assert info["base"] == "teacher" and info["split"] == "train"
+    assert info["bodies"] == 5 and info["pairs"] == 10          # each body with both prompt endings
+    tok = tokenizers_.load_tokenizer(trained["mdm"][0])
+    eos = tokenizers_.special_token_ids(tok)["eos"]
+    texts = {tok.decode(p[1:]) + tok.decode(a[:-1]) for p, a in
+             [([eos] + tok.encode(q, add_special_tokens=False).ids,
+               tok.encode(b, add_special_tokens=False).ids + [eos]) for q, b in bodies]}
+    assert len(seen) == 3 and all(len(rows) == 6 for rows in seen)     # 0.75 of 8 rows are SFT
+    for rows in seen:
+        decoded = [tok.decode(p[1:]) + tok.decode(a[:-1]) for p, a in rows]
+        assert sum(t in texts for t in decoded) == 4                     # 0.67 of those distilled
+        assert all(p[0] == eos for p, _ in rows)
+        assert all(a[-1] == eos for p, a in rows[:4])                     # whole distilled answers
+
+
+def test_share_tokenizer_stores_identical_tokenizer_files_once(trained, tmp_path):
+    import shutil
+
+    from leapdec.zoo import TOKENIZER_FILES, tokenizer_dir
+
+    ar_dir = trained["ar"][0]
+    copy = tmp_path / "mdm"
+    shutil.copytree(trained["mdm"][0], copy)
+    card = cards.share_tokenizer(copy, str(ar_dir))
+    assert card["tokenizer_from"] == str(ar_dir) and list(card)[:2] == ["name", "tokenizer_from"]
+    assert not any((copy / f).exists() for f in TOKENIZER_FILES)
+    assert not any(f in card["files"] for f in TOKENIZER_FILES)
+    assert cards.verify_card(copy) == [] and tokenizer_dir(copy) == ar_dir
+    assert tokenizers_.load_tokenizer(copy).get_vocab_size() == tokenizers_.load_tokenizer(ar_dir).get_vocab_size()
+    other = tmp_path / "other"
+    shutil.copytree(trained["mdm"][0], other)
+    (other / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="not identical"):
+        cards.share_tokenizer(other, str(ar_dir))

@@ -10,7 +10,9 @@ in the LLaDA and Learn2PD papers):
   ReDiff (refined + revision), against the baseline.
 
 Columns: model calls per row (NFE) and the reduction over the baseline, rows identical to the
-baseline output, token agreement, mean answer length, the answers' NLL under stdlib-ar (nats per
+baseline output, token agreement, mean answer length, answers with a body (prompt + answer
+parse and the body holds a statement other than ``pass``, ``...``, a bare name or constant),
+distinct answers (a model that answers every prompt alike shows here), the answers' NLL under stdlib-ar (nats per
 token, answer + EOS) and wall-clock speedup over the baseline in this run (medians), with each
 decode's wall time as median [min-max] over --repeats timed runs after --warmup warm-up decodes of
 one prompt. Writes diffusion.md, diffusion.json and diffusion.png to --out.
@@ -52,6 +54,33 @@ def variants(gen_length: int, block: int):
     ]
 
 
+def prompt_texts(kind: str, n: int) -> list[str]:
+    """``n`` held-out prompts of one kind (see ``--prompt-kind``)."""
+    if kind == "functions":
+        return [p.prompt for p in corpus.eval_prompts(n, seed=0, max_prompt_chars=600)]
+    from leapdec.train import distill
+
+    return [distill.request_prompt(sig, summary) for sig, summary, _ in distill.requests(n, "heldout")]
+
+
+def has_body(prompt: str, answer: str) -> bool:
+    """Whether ``prompt + answer`` parses as Python and the function's body (after its docstring)
+    holds a statement that does something: not ``pass``, ``...``, a bare name or a constant."""
+    import ast
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(prompt + answer))
+    except (SyntaxError, ValueError):
+        return False
+    fn = tree.body[0] if tree.body else None
+    if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return False
+    inert = (ast.Name, ast.Constant)
+    return any(not isinstance(st, ast.Pass) and not (isinstance(st, ast.Expr) and isinstance(st.value, inert))
+               for st in fn.body)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="leapdec bench diffusion", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,6 +89,11 @@ def main(argv=None) -> int:
     ap.add_argument("--gen-length", type=int, default=256)
     ap.add_argument("--block-length", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--prompt-kind", choices=("functions", "requests"), default="functions",
+                    help="functions: held-out functions cut after their docstrings (signature + full "
+                         "docstring, methods included); requests: short requests a user would write, "
+                         "`def name(args):` + a one-line docstring, from the held-out split's "
+                         "functions (distill.requests)")
     ap.add_argument("--batch", type=int, default=8, help="rows per generate call")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--only", default=None, help="comma-separated labels' prefixes to run (baseline always)")
@@ -75,8 +109,8 @@ def main(argv=None) -> int:
     ar_model = leapdec.load_model(args.ar_model, device=args.device)
     tok = tokenizers_.load_tokenizer(model.checkpoint_dir)
     eos = tokenizers_.special_token_ids(tok)["eos"]
-    prompts = [[eos] + tok.encode(p.prompt, add_special_tokens=False).ids
-               for p in corpus.eval_prompts(args.prompts, seed=0, max_prompt_chars=600)]
+    texts = prompt_texts(args.prompt_kind, args.prompts)
+    prompts = [[eos] + tok.encode(text, add_special_tokens=False).ids for text in texts]
     window = model.config.extra.get("seq_len") or model.config.max_position_embeddings
     print(f"{args.model}: {len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} "
           f"tokens, gen_length {args.gen_length}, block {args.block_length}, {args.device}")
@@ -113,24 +147,27 @@ def main(argv=None) -> int:
                      "identical_rows": sum(a == b for a, b in zip(tokens, base["tokens"])),
                      "token_agreement": round(token_agreement(tokens, base["tokens"]), 4),
                      "mean_length": round(sum(map(len, tokens)) / len(tokens), 1),
+                     "answered": sum(has_body(q, tok.decode(t)) for q, t in zip(texts, tokens)),
+                     "distinct_answers": len({tuple(t) for t in tokens}),
                      "ar_nll": round(ar_nll(ar_model, prompts, tokens, eos), 3),
                      "wall_s": round(wall, 2), "speedup": round(base["wall"] / wall, 2), **extra})
         tqdm.write(f"{label}: {rows[-1]['calls_per_row']} calls/row, {rows[-1]['identical_rows']}/"
                    f"{len(prompts)} identical, {walls.cell('.2f')} s")
 
     n = len(prompts)
-    lines = [f"{args.model}, {n} held-out prompts, gen_length {args.gen_length}, block {args.block_length}, "
+    lines = [f"{args.model}, {n} held-out prompts ({args.prompt_kind}), gen_length {args.gen_length}, block {args.block_length}, "
              f"{args.device}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; wall s: median [min-max] "
              f"of {args.repeats} runs after {args.warmup} warm-up", "",
              "| decode | calls per row (NFE) | NFE reduction | identical to baseline | token agreement "
-             "| mean length | NLL under stdlib-ar | wall s | wall-clock vs baseline |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| mean length | answered with a body | distinct answers | NLL under stdlib-ar | wall s "
+             "| wall-clock vs baseline |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         w = r["wall_s_spread"]
         wall_cell = f"{w['median']:.2f} [{w['min']:.2f}-{w['max']:.2f}]" if w["n"] > 1 else f"{w['median']:.2f}"
         lines.append(f"| {r['decode']} | {r['calls_per_row']:g} | {r['nfe_reduction']:g}x | "
                      f"{r['identical_rows']}/{n} | {100 * r['token_agreement']:.1f}% | {r['mean_length']:g} | "
-                     f"{r['ar_nll']:.2f} | {wall_cell} | {r['speedup']:g}x |")
+                     f"{r['answered']}/{n} | {r['distinct_answers']}/{n} | {r['ar_nll']:.2f} | {wall_cell} | {r['speedup']:g}x |")
     table = "\n".join(lines)
     print(table)
     try:

@@ -190,3 +190,44 @@ def verify_card(directory: str | os.PathLike) -> list[str]:
         if file_sha256(path) != entry.get("sha256"):
             problems.append(f"{name}: sha256 differs from the card")
     return problems
+
+
+def share_tokenizer(directory: str | os.PathLike, source: str) -> dict:
+    """Store a checkpoint's tokenizer once: when its tokenizer files are byte-identical to the zoo
+    model ``source``'s, delete them, drop them from the card's file list and name ``source`` in
+    the card's ``tokenizer_from`` (``zoo.tokenizer_dir`` follows it). Returns the new card."""
+    from leapdec.zoo import TOKENIZER_FILES, tokenizer_dir
+
+    directory = Path(directory)
+    home = tokenizer_dir(source)
+    for name in TOKENIZER_FILES:
+        mine, theirs = directory / name, home / name
+        if not mine.is_file() or not theirs.is_file() or file_sha256(mine) != file_sha256(theirs):
+            raise ValueError(f"source: {name} of {directory} is not identical to {source}'s ({home})")
+    card = load_card(directory)
+    for name in TOKENIZER_FILES:
+        (directory / name).unlink()
+        card.get("files", {}).pop(name, None)
+    card = {"name": card["name"], "tokenizer_from": source,
+            **{k: v for k, v in card.items() if k not in ("name", "tokenizer_from")}}
+    write_card(directory, card)
+    return card
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m leapdec.train.cards share-tokenizer DIR SOURCE``: see :func:`share_tokenizer`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m leapdec.train.cards", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    share = sub.add_parser("share-tokenizer", help=share_tokenizer.__doc__.split("\n")[0])
+    share.add_argument("directory")
+    share.add_argument("source", help="zoo model whose identical tokenizer files to point at")
+    args = parser.parse_args(argv)
+    share_tokenizer(args.directory, args.source)
+    print(f"{args.directory}: tokenizer_from {args.source}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -259,6 +259,113 @@ def answers(base: str, n: int, split: str = "train", max_new_tokens: int = 128, 
     return pairs
 
 
+# ----------------------------------------------------------------------------- sequence-level distillation
+
+def request_prompt(signature: str, summary: str) -> str:
+    """A short function request as a plain prompt, in the layout of ``corpus.EvalPrompt.prompt``:
+    ``def signature:`` + the one-line docstring + the indentation of the first statement."""
+    doc = summary[:1].upper() + summary[1:]
+    return f'def {signature}:\n    """{doc}"""\n    '
+
+
+def _code_blocks(text: str) -> list[tuple[str, bool]]:
+    """The fenced code blocks of a markdown answer, each with whether its closing fence came."""
+    blocks, rest = [], text
+    while (start := rest.find("```")) >= 0:
+        line_end = rest.find("\n", start)
+        if line_end < 0:
+            break
+        body_start = line_end + 1
+        end = rest.find("```", body_start)
+        if end < 0:
+            blocks.append((rest[body_start:], False))
+            break
+        blocks.append((rest[body_start:end], True))
+        rest = rest[end + 3:]
+    return blocks
+
+
+def answer_body(answer: str, name: str, max_repeats: int = 3) -> str | None:
+    """The body of the first ``def name(`` in a chat answer's code blocks (its statements after
+    any docstring), laid out as ``corpus.EvalPrompt.reference`` after :func:`request_prompt`:
+    4-space indentation, the first line's indentation left out (the prompt ends with it), a final
+    newline. None when there is no such function, it was cut off (the answer stopped inside
+    it), it does not parse, its body is only ``pass`` / ``...`` / a docstring, or one line repeats
+    more than ``max_repeats`` times (a loop of a small model)."""
+    for code, closed in _code_blocks(answer):
+        lines = code.splitlines()
+        for i, line in enumerate(lines):
+            stripped = line.lstrip()
+            if not (stripped.startswith(f"def {name}(") or stripped.startswith(f"async def {name}(")):
+                continue
+            indent = len(line) - len(stripped)
+            end = i + 1                          # the function runs until a line at or left of the def
+            while end < len(lines) and (not lines[end].strip()
+                                        or len(lines[end]) - len(lines[end].lstrip()) > indent):
+                end += 1
+            if end == len(lines) and not closed:  # cut off mid-function by the answer's length
+                return None
+            source = textwrap.dedent("\n".join(lines[i:end])) + "\n"
+            try:
+                node = ast.parse(source).body[0]
+            except (SyntaxError, ValueError, IndexError):
+                return None
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                body = body[1:]                  # the answer's own docstring: the prompt has one
+            if not body or all(isinstance(b, ast.Pass) or (isinstance(b, ast.Expr) and isinstance(
+                    b.value, ast.Constant) and b.value.value is Ellipsis) for b in body):
+                return None
+            src_lines = source.splitlines()
+            text = textwrap.dedent("\n".join(src_lines[body[0].lineno - 1:node.end_lineno]))
+            if any("\t" in ln[:len(ln) - len(ln.lstrip())] or (len(ln) - len(ln.lstrip())) % 4
+                   for ln in text.splitlines() if ln.strip()):
+                text = "\n".join(ast.unparse(b) for b in body)   # e.g. 2-space nesting: 4-space
+            text = textwrap.indent(text, "    ").rstrip() + "\n"
+            counts: dict[str, int] = {}
+            for ln in text.splitlines():
+                if ln.strip():
+                    counts[ln] = counts.get(ln, 0) + 1
+            if max(counts.values()) > max_repeats:
+                return None
+            try:
+                ast.parse("def f():\n" + text)
+            except (SyntaxError, ValueError):
+                return None
+            return text[4:]
+        # no def of that name in this block: look at the next one
+    return None
+
+
+def _parses(source: str) -> bool:
+    try:
+        ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def function_bodies(base: str, n: int, split: str = "train", max_new_tokens: int = 128, seed: int = 0,
+                    **answer_options) -> list[tuple[str, str]]:
+    """Sequence-level distillation data for models with another tokenizer: ``(prompt, body)``
+    texts, the prompt a short function request (:func:`request_prompt`: signature + one-line
+    docstring) and the body the base's own answer to the same request (:func:`answers`, a chat
+    model) cut to its function's statements (:func:`answer_body`). Answers without a clean body
+    are dropped, so there are fewer than ``n`` pairs."""
+    import leapdec
+
+    pairs = answers(base, n, split, max_new_tokens, seed, **answer_options)
+    tokenizer = answer_options.get("tokenizer") or leapdec.load_tokenizer(base)
+    out = []
+    for (signature, summary, _), (_, answer) in zip(requests(n, split, seed), pairs):
+        body = answer_body(tokenizer.decode(answer, skip_special_tokens=True), signature.split("(", 1)[0])
+        prompt = request_prompt(signature, summary)
+        if body is not None and _parses(prompt + body):
+            out.append((prompt, body))
+    return out
+
+
 # ----------------------------------------------------------------------------- the base
 
 def load_base(base, device) -> tuple:

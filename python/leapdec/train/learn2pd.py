@@ -54,28 +54,41 @@ class Preset:
     val_share: float = 0.1       # share of the prompts held out for the filter's evaluation
     reference_cache: str = "dual"   # KV cache of the reference decode (llada's cache=): only its tokens matter
     cache: str = "none"             # KV cache of the oracle decode, whose confidences the filter learns
+    request_share: float = 0.0      # share of the prompts that are short function requests (signature
+                                    # + one-line docstring, distill.request_prompt) of the train split
 
 
 PRESETS = {
     "tiny": Preset(prompts=4, gen_length=16, block_length=8, batch_size=4, iterations=60,
                    max_prompt_chars=300, corpus_max_bytes=300_000, val_share=0.25),
-    "default": Preset(prompts=96, gen_length=128, block_length=32, batch_size=16, iterations=1500),
+    "default": Preset(prompts=96, gen_length=128, block_length=32, batch_size=16, iterations=1500,
+                      request_share=0.5),
 }
 
 
 # ----------------------------------------------------------------------------- data
 
 def training_prompts(tok, n: int, seed: int = 0, max_prompt_chars: int = 600,
-                     max_bytes: int | None = None) -> list[list[int]]:
+                     max_bytes: int | None = None, request_share: float = 0.0) -> list[list[int]]:
     """``n`` prompts (``<|endoftext|>`` + a function's signature and docstring) drawn, seeded,
-    from the functions of the corpus's train split; the held-out split stays for evaluation."""
+    from the functions of the corpus's train split; ``request_share`` of them are short requests
+    instead (``def name(args):`` + a one-line docstring, as a user writes them and as the
+    distilled model was trained on), shuffled in; the held-out split stays for evaluation."""
+    from leapdec.train import distill
+
     eos = tokenizers_.special_token_ids(tok)["eos"]
     funcs = [f for text in corpus.read_corpus("train", max_bytes=max_bytes)
              for f in corpus.function_prompts(text, max_prompt_chars=max_prompt_chars)]
     if not funcs:
         raise ValueError("the corpus slice holds no functions with docstrings")
-    chosen = random.Random(seed).sample(funcs, min(n, len(funcs)))
-    return [[eos] + tok.encode(f.prompt, add_special_tokens=False).ids for f in chosen]
+    n_requests = round(request_share * n)
+    rng = random.Random(seed)
+    texts = [f.prompt for f in rng.sample(funcs, min(n - n_requests, len(funcs)))]
+    if n_requests:
+        texts += [distill.request_prompt(sig, summary)
+                  for sig, summary, _ in distill.requests(n_requests, "train", seed)]
+        rng.shuffle(texts)
+    return [[eos] + tok.encode(t, add_special_tokens=False).ids for t in texts]
 
 
 class OracleRule:
@@ -276,7 +289,8 @@ def train_learn2pd(model_path="stdlib-mdm", out_dir=None, preset: str = "default
     if model.config.mask_token_id is None:
         raise ValueError(f"model_path: {base} is not a masked diffusion LM (config has no mask_token_id)")
     tok = tokenizers_.load_tokenizer(base)
-    prompts = training_prompts(tok, p.prompts, seed, p.max_prompt_chars, p.corpus_max_bytes)
+    prompts = training_prompts(tok, p.prompts, seed, p.max_prompt_chars, p.corpus_max_bytes,
+                               p.request_share)
 
     data = oracle_records(model, prompts, p.gen_length, p.block_length, p.batch_size, cache=p.cache,
                           reference_cache=p.reference_cache, progress=progress)
@@ -317,7 +331,9 @@ def train_learn2pd(model_path="stdlib-mdm", out_dir=None, preset: str = "default
                    "optimizer": "AdamW", "oracle": "extremely greedy parallel (commit prediction == "
                    "reference; if none, the most confident position gets its reference token)"},
         "corpus": {"split": "train", "prompts": len(prompts), "heldout_prompts": n_val,
-                   "prompt_source": "functions with docstrings (signature + docstring), seeded sample",
+                   "prompt_source": ("functions with docstrings (signature + docstring), seeded sample"
+                                     + (f"; {p.request_share:.0%} short requests (signature + one-line "
+                                        "docstring, distill.request_prompt)" if p.request_share else "")),
                    "max_prompt_chars": p.max_prompt_chars, "train_bytes_limit": p.corpus_max_bytes,
                    "records": int(len(data["prompt"])), "train_records": int((~is_val).sum()),
                    "heldout_records": int(is_val.sum())},

@@ -69,6 +69,10 @@ class Preset:
                                       # in [seq_len // 4, seq_len] (LLaDA trains on random lengths
                                       # too), so that the EOS padding of an SFT row does not pin
                                       # the answer to one total length
+    distill_base: str | None = None   # mdm: sequence-level distillation (issue 10 item 8): this
+    distill_answers: int = 0          # chat model's answers to that many short function requests
+    distill_share: float = 0.0        # of the train split (distill.function_bodies) make this
+                                      # share of the SFT rows; the rest stay the corpus' functions
 
 
 PRESETS = {
@@ -97,6 +101,15 @@ PRESETS = {
                        num_attention_heads=3, num_key_value_heads=1, head_dim=64, seq_len=512,
                        batch_size=4, lr=1e-3, steps=600, warmup=20, random_length_share=1.0,
                        sft_share=1.0),
+    # LLaDA's SFT stage with sequence-level distillation (--init-from stdlib-mdm): per batch of 8,
+    # 4 rows of SmolLM2's bodies for short function requests (signature + one-line docstring),
+    # 2 of the corpus' own functions and 2 plain corpus windows, so the model answers the short
+    # prompts a user writes and stays a model of the corpus (~0.6 s/step on an idle 2-core CPU)
+    "long-distill": Preset(vocab_size=4096, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
+                           num_attention_heads=3, num_key_value_heads=1, head_dim=64, seq_len=512,
+                           batch_size=8, lr=1e-3, steps=1200, warmup=20, random_length_share=1.0,
+                           sft_share=0.75, distill_base="smollm2-135m-instruct",
+                           distill_answers=1200, distill_share=0.67),
     # ~4M parameters: for a GPU or an idle CPU
     "large": Preset(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                     num_attention_heads=4, num_key_value_heads=2, head_dim=64, seq_len=256,
@@ -178,11 +191,44 @@ def sft_pairs(tok, texts: list[str], seq_len: int) -> list[tuple[list[int], list
     return pairs
 
 
-def sft_batch(pairs, rows: torch.Tensor, seq_len: int, eos: int):
+def distilled_pairs(tok, preset: Preset, seed: int) -> tuple[list, dict]:
+    """Sequence-level distillation rows (issue 10 item 8): the ``distill_base`` chat model's
+    answers to ``distill_answers`` short function requests of the train split, cut to their
+    function bodies (``distill.function_bodies``), as text re-tokenized with ``tok``: prompt
+    ``<|endoftext|>`` + request, answer body + ``<|endoftext|>``, each twice: the prompt ending
+    in the body's indentation and ending at the docstring's newline; and what the card records."""
+    from leapdec.train import distill
+
+    start = time.perf_counter()
+    bodies = distill.function_bodies(preset.distill_base, preset.distill_answers, "train", seed=seed)
+    eos = tokenizers_.special_token_ids(tok)["eos"]
+    pairs = []
+    for prompt, body in bodies:
+        # as laid out by the corpus (the prompt ends in the body's indentation), and as a user
+        # often types it (the prompt ends at the docstring's newline, the answer indents itself)
+        cut = prompt.rstrip(" ")
+        for text, answer in ((prompt, body), (cut, prompt[len(cut):] + body)):
+            p = [eos] + tok.encode(text, add_special_tokens=False).ids
+            a = tok.encode(answer, add_special_tokens=False).ids + [eos]
+            if len(p) + len(a) <= preset.seq_len:
+                pairs.append((p, a))
+    if not pairs:
+        raise ValueError(f"preset: {preset.distill_base}'s answers gave no function bodies to distill")
+    info = {"base": preset.distill_base, "requests": preset.distill_answers, "bodies": len(bodies),
+            "pairs": len(pairs),
+            "answer_tokens": sum(len(a) for _, a in pairs), "split": "train",
+            "rule": "distill.function_bodies: the body of the answer's function of the requested "
+                    "name, from a closed code block, parsed, not only pass, no line repeated > 3 times; "
+                    "each body twice: prompt ending in its indentation / at the docstring's newline",
+            "seconds": round(time.perf_counter() - start, 1)}
+    return pairs, info
+
+
+def sft_batch(pairs, rows, seq_len: int, eos: int):
     """``tokens [R, seq_len]`` (prompt, answer, EOS padding) and ``prompt_len [R]``."""
     tokens = torch.full((len(rows), seq_len), eos, dtype=torch.long)
     prompt_len = torch.empty(len(rows), dtype=torch.long)
-    for i, r in enumerate(rows.tolist()):
+    for i, r in enumerate(rows.tolist() if isinstance(rows, torch.Tensor) else rows):
         prompt, answer = pairs[r]
         seq = prompt + answer
         tokens[i, :len(seq)] = torch.tensor(seq)
@@ -378,6 +424,10 @@ def train_lm(objective: str = "ar", preset: str = "default", out_dir="stdlib-ar"
     if objective == "mdm" and p.sft_share > 0 and not pairs:
         raise ValueError("preset: the corpus slice holds no functions with docstrings for SFT rows")
 
+    distilled, distill_info = [], None
+    if objective == "mdm" and p.distill_answers:
+        distilled, distill_info = distilled_pairs(tok, p, seed)
+
     # --- model
     init_sha256, init_commands = None, []
     if init_from is not None:
@@ -406,6 +456,7 @@ def train_lm(objective: str = "ar", preset: str = "default", out_dir="stdlib-ar"
     # --- training loop
     gen = torch.Generator().manual_seed(seed)
     n_sft = round(p.sft_share * p.batch_size) if pairs else 0
+    n_distill = min(n_sft, round(p.distill_share * n_sft)) if distilled else 0
     if p.batch_size > n_sft:
         windows = corpus.batches(train_stream, p.batch_size - n_sft,
                                  p.seq_len if objective == "ar" else p.seq_len - 1, seed=seed)
@@ -440,8 +491,12 @@ def train_lm(objective: str = "ar", preset: str = "default", out_dir="stdlib-ar"
             else:
                 maskable = torch.ones_like(batch, dtype=torch.bool)
                 if n_sft:
-                    rows = torch.randint(0, len(pairs), (n_sft,), generator=gen)
-                    sft_tokens, prompt_len = sft_batch(pairs, rows, p.seq_len, ids["eos"])
+                    rows = torch.randint(0, len(pairs), (n_sft - n_distill,), generator=gen)
+                    chosen = [pairs[r] for r in rows.tolist()]
+                    if n_distill:
+                        rows = torch.randint(0, len(distilled), (n_distill,), generator=gen)
+                        chosen = [distilled[r] for r in rows.tolist()] + chosen
+                    sft_tokens, prompt_len = sft_batch(chosen, range(len(chosen)), p.seq_len, ids["eos"])
                     batch = torch.cat([batch, sft_tokens])
                     pos = torch.arange(p.seq_len)
                     maskable = torch.cat([maskable, pos[None, :] >= prompt_len[:, None]])
@@ -517,7 +572,7 @@ def train_lm(objective: str = "ar", preset: str = "default", out_dir="stdlib-ar"
                    "train_files_used": len(texts),
                    "train_tokens": int(train_stream.numel()),
                    "heldout_tokens": int(heldout_stream.numel()),
-                   "sft_pairs": len(pairs)},
+                   "sft_pairs": len(pairs), "distilled": distill_info},
         "model": {"architecture": config.architecture, "parameters": n_params,
                   "causal": config.causal, "mask_token_id": config.mask_token_id,
                   "storage_dtype": str(store_dtype).replace("torch.", ""),

@@ -148,6 +148,36 @@ def test_distilled_windows_are_prompt_plus_greedy_continuation(trained):
     assert wedlm.PRESETS["distill"].distill_share > 0
 
 
+def test_answer_windows_are_a_packed_stream_of_distilled_bodies(trained, tmp_path, monkeypatch):
+    """The "distill-smollm2" preset's data: another model's bodies for short requests, re-tokenized
+    and packed (``<|endoftext|> request body ...``), make ``answers_share`` of each batch."""
+    from leapdec.train import distill
+
+    ar_dir, _ = trained
+    tok = tokenizers_.load_tokenizer(ar_dir)
+    eos = tokenizers_.special_token_ids(tok)["eos"]
+    bodies = [(distill.request_prompt(f"twice_{i}(x)", "return x doubled."), f"return x * {i}\n")
+              for i in range(40)]
+    monkeypatch.setattr(distill, "function_bodies", lambda base, n, split="train", seed=0, **kw: bodies)
+    p = wedlm.dataclasses.replace(wedlm.PRESETS["tiny"], answers_base="teacher", answers=40,
+                                  answers_share=0.5, steps=2)
+    stream, info = wedlm.answer_stream(tok, p, seed=0)
+    assert info["pairs"] == 40 and info["tokens"] == stream.numel()
+    assert stream[0] == eos and stream[-1] == eos
+    texts = tok.decode(stream.tolist(), skip_special_tokens=False).split("<|endoftext|>")
+    assert [t for t in texts if t] == [q + b for q, b in bodies]
+    seen = []
+    real = wedlm.wedlm_loss
+    monkeypatch.setattr(wedlm, "wedlm_loss", lambda model, x0, *a, **k: (seen.append(x0), real(model, x0, *a, **k))[1])
+    monkeypatch.setitem(wedlm.PRESETS, "tiny-answers", p)
+    card = wedlm.train_wedlm(ar_dir, tmp_path / "w", preset="tiny-answers", progress=False)
+    assert card["corpus"]["distilled_answers"]["pairs"] == 40
+    packed = set(tuple(stream[i:i + p.seq_len].tolist()) for i in range(stream.numel() - p.seq_len + 1))
+    for x0 in seen:
+        assert x0.shape == (p.batch_size, p.seq_len)
+        assert sum(tuple(r) in packed for r in x0.tolist()) >= p.batch_size // 2
+
+
 def test_recipe_rejects_bad_arguments(trained, tmp_path):
     ar_dir, _ = trained
     with pytest.raises(ValueError, match="preset"):
@@ -176,6 +206,30 @@ def test_zoo_checkpoint_matches_its_card():
     assert got["mlm"] == pytest.approx(card["eval"]["heldout_loss"], abs=2e-3)
     assert got["ar"] == pytest.approx(card["eval"]["heldout_ar_loss"], abs=2e-3)
     base = ZOO_DIR / "stdlib-ar" / "model.safetensors"
+    chain = card["recipe"]["init_sha256_chain"]           # the weights each stage started from
+    assert chain[-1] == card["recipe"]["init_from_sha256"]
+    assert len(card["recipe"]["init_from_commands"]) == len(chain) - 1
     if base.is_file():
-        assert card["recipe"]["init_from_sha256"] == cards.file_sha256(base), \
+        assert chain[0] == cards.file_sha256(base), \
             "stdlib-ar changed since stdlib-wedlm was fine-tuned from it: retrain stdlib-wedlm"
+
+
+def test_fine_tuning_again_into_the_same_folder_keeps_the_lineage(trained, tmp_path):
+    """A WeDLM checkpoint fine-tuned again (``--init-from X --out X``): the card hashes the
+    weights it started from (not the ones it wrote over them) and keeps the commands and weights
+    of every earlier stage, so its Reproduce section starts from the causal LM."""
+    import shutil
+
+    ar_dir, first = trained
+    again = tmp_path / "again"
+    shutil.copytree(first, again)
+    before = cards.file_sha256(again / "model.safetensors")
+    card = wedlm.train_wedlm(again, again, preset="tiny", steps=1, progress=False)
+    recipe = card["recipe"]
+    assert recipe["init_from_sha256"] == before != cards.file_sha256(again / "model.safetensors")
+    assert recipe["init_sha256_chain"] == [cards.file_sha256(ar_dir / "model.safetensors"), before]
+    ar_command, first_command = cards.load_card(ar_dir)["command"], cards.load_card(first)["command"]
+    assert cards.load_card(first)["recipe"]["init_from_commands"] == [ar_command]
+    assert recipe["init_from_commands"] == [ar_command, first_command]
+    text = (again / "CARD.md").read_text().split("```")[1]               # the Reproduce block
+    assert text.count("python -m leapdec.train wedlm") == 2 and text.count("python -m leapdec.train lm") == 1

@@ -10,8 +10,8 @@ in the LLaDA and Learn2PD papers):
   ReDiff (refined + revision), against the baseline.
 
 Columns: model calls per row (NFE) and the reduction over the baseline, rows identical to the
-baseline output, token agreement, mean answer length, answers with a body (prompt + answer
-parse and the body holds a statement other than ``pass``, ``...``, a bare name or constant),
+baseline output, token agreement, mean answer length, answers with a body (the answer stopped
+before gen_length, prompt + answer parse and the body holds a statement other than ``pass``, ``...``, a bare name or constant),
 distinct answers (a model that answers every prompt alike shows here), the answers' NLL under stdlib-ar (nats per
 token, answer + EOS) and wall-clock speedup over the baseline in this run (medians), with each
 decode's wall time as median [min-max] over --repeats timed runs after --warmup warm-up decodes of
@@ -147,7 +147,8 @@ def main(argv=None) -> int:
                      "identical_rows": sum(a == b for a, b in zip(tokens, base["tokens"])),
                      "token_agreement": round(token_agreement(tokens, base["tokens"]), 4),
                      "mean_length": round(sum(map(len, tokens)) / len(tokens), 1),
-                     "answered": sum(has_body(q, tok.decode(t)) for q, t in zip(texts, tokens)),
+                     "answered": sum(len(t) < args.gen_length and has_body(q, tok.decode(t))
+                                     for q, t in zip(texts, tokens)),
                      "distinct_answers": len({tuple(t) for t in tokens}),
                      "ar_nll": round(ar_nll(ar_model, prompts, tokens, eos), 3),
                      "wall_s": round(wall, 2), "speedup": round(base["wall"] / wall, 2), **extra})

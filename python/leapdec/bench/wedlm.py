@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 import leapdec
 from leapdec.bench.common import Spread, add_output_arguments, pyplot, writable_dir, write_outputs
+from leapdec.bench.diffusion import has_body, prompt_texts
 from leapdec.evaluate import token_agreement
 from leapdec.train import corpus
 from leapdec.train import tokenizer as tokenizers_
@@ -63,9 +64,10 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="stdlib-wedlm")
     ap.add_argument("--ar-model", default="stdlib-ar", help="scores the outputs (NLL)")
     ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--prompts-from", choices=["functions", "stream"], default="functions",
-                    help="held-out function signatures + docstrings, or 96-token windows of held-out "
-                         "files (mid-file code: lower entropy)")
+    ap.add_argument("--prompts-from", choices=["functions", "requests", "stream"], default="functions",
+                    help="held-out function signatures + docstrings; short requests a user would write "
+                         "(`def name(args):` + a one-line docstring, from the held-out split); or "
+                         "96-token windows of held-out files (mid-file code: lower entropy)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--thresholds", default="0,0.2,0.4,0.8,1.6")
     ap.add_argument("--windows", default="16")
@@ -84,14 +86,22 @@ def main(argv=None) -> int:
     scorer = leapdec.load_model(args.ar_model, device=args.device)
     tok = tokenizers_.load_tokenizer(model.checkpoint_dir)
     eos = tokenizers_.special_token_ids(tok)["eos"]
-    if args.prompts_from == "functions":
-        prompts = [[eos] + tok.encode(p.prompt, add_special_tokens=False).ids
-                   for p in corpus.eval_prompts(args.prompts, seed=0, max_prompt_chars=600)]
+    texts = None
+    if args.prompts_from in ("functions", "requests"):
+        texts = prompt_texts(args.prompts_from, args.prompts)
+        prompts = [[eos] + tok.encode(t, add_special_tokens=False).ids for t in texts]
     else:
         stream = corpus.encode_corpus(tok, "heldout")
         stride = (stream.numel() - 96) // max(1, args.prompts)
         prompts = [stream[i * stride:i * stride + 96].tolist() for i in range(args.prompts)]
     n, new = len(prompts), args.max_new_tokens
+
+    def answered(rows_tokens):
+        """Rows whose answer stopped before ``max_new_tokens`` and completes the function with a
+        body (``bench.diffusion.has_body``), for the function prompts; None for stream windows."""
+        if texts is None:
+            return None
+        return sum(len(t) < new and has_body(q, tok.decode(t)) for q, t in zip(texts, rows_tokens))
     for _ in range(max(0, args.warmup)):                                        # warm-up
         leapdec.generate(model, prompts[:1], method="ar", max_new_tokens=4)
         leapdec.generate(model, prompts[:1], method="wedlm", max_new_tokens=4)
@@ -110,7 +120,7 @@ def main(argv=None) -> int:
                          "tokens_per_forward": 1.0, "model_calls": ar_calls,
                          "tokens_per_s": round(tps.median, 1), "tokens_per_s_spread": tps.as_dict(),
                          "speedup": 1.0,
-                         "identical_rows": n, "token_agreement": 1.0,
+                         "identical_rows": n, "token_agreement": 1.0, "answered": answered(ar_tokens),
                          "ar_nll": round(ar_nll(scorer, prompts, ar_tokens, eos), 3)})
         ar_tokens, ar_wall = ar_runs[batch]
         tokens, walls, calls, per_forward = timed(model, prompts, batch, args.repeats, method="wedlm",
@@ -124,6 +134,7 @@ def main(argv=None) -> int:
                      "speedup": round(ar_wall / wall, 2),
                      "identical_rows": sum(a == b for a, b in zip(tokens, ar_tokens)),
                      "token_agreement": round(token_agreement(tokens, ar_tokens), 4),
+                     "answered": answered(tokens),
                      "ar_nll": round(ar_nll(scorer, prompts, tokens, eos), 3)})
         tqdm.write(str(rows[-1]))
 
@@ -131,13 +142,16 @@ def main(argv=None) -> int:
              f"{args.device}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; tok/s: median [min-max] of "
              f"{args.repeats} runs after {args.warmup} warm-up", "",
              "| decode | batch | window | entropy threshold | tokens per forward | model calls | tok/s "
-             "| vs AR | rows identical to AR | token agreement | NLL under stdlib-ar |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| vs AR | rows identical to AR | token agreement | answered with a body | NLL under stdlib-ar |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        answered_cell = "-" if r["answered"] is None else f"{r['answered']}/{n}"
         lines.append(f"| {r['decode']} | {r['batch']} | {r['window'] or '-'} | "
                      f"{'-' if r['threshold'] is None else r['threshold']} | {r['tokens_per_forward']:.2f} | "
                      f"{r['model_calls']} | {Spread(**r['tokens_per_s_spread']).cell()} | {r['speedup']:.2f}x | "
-                     f"{r['identical_rows']}/{n} | {100 * r['token_agreement']:.1f}% | {r['ar_nll']:.2f} |")
+                     f"{r['identical_rows']}/{n} | {100 * r['token_agreement']:.1f}% | "
+                     f"{answered_cell} | "
+                     f"{r['ar_nll']:.2f} |")
     table = "\n".join(lines)
     print(table)
     try:

@@ -70,6 +70,12 @@ class Preset:
     distill_share: float = 0.0
     distill_prompts: int = 0        # corpus windows continued greedily
     distill_gen_len: int = 64       # tokens generated per window (the rest of seq_len is prompt)
+    # sequence-level distillation from a chat model (issue 10 item 8): a share of each batch are
+    # windows of a stream of its answers to short function requests of the train split, cut to
+    # their bodies (distill.function_bodies) and re-tokenized: <|endoftext|> request body ...
+    answers_base: str | None = None
+    answers: int = 0
+    answers_share: float = 0.0
 
 
 PRESETS = {
@@ -83,7 +89,37 @@ PRESETS = {
     # the zoo's stdlib-wedlm: "default" with 3/4 of each batch self-distilled from stdlib-ar
     "distill": Preset(seq_len=128, block_size=16, batch_size=8, lr=5e-4, steps=6000, warmup=100,
                       eval_every=250, distill_share=0.75, distill_prompts=2048, distill_gen_len=64),
+    # "distill" with a quarter of each batch from SmolLM2's function bodies (fine-tunes the zoo's
+    # stdlib-wedlm: --init-from stdlib-wedlm), so that it answers short requests and stops
+    "distill-smollm2": Preset(seq_len=128, block_size=16, batch_size=8, lr=3e-4, steps=3000, warmup=50,
+                              eval_every=250, distill_share=0.5, distill_prompts=2048, distill_gen_len=64,
+                              answers_base="smollm2-135m-instruct", answers=1200, answers_share=0.25),
 }
+
+
+def answer_stream(tok, p: Preset, seed: int) -> tuple[torch.Tensor, dict]:
+    """The packed stream ``<|endoftext|> request body <|endoftext|> request body ...`` of the
+    ``answers_base`` chat model's function bodies (``distill.function_bodies``; request and body
+    encoded apart), and its record."""
+    from leapdec.train import distill
+
+    bodies = distill.function_bodies(p.answers_base, p.answers, "train", seed=seed)
+    if not bodies:
+        raise ValueError(f"preset: {p.answers_base}'s answers gave no function bodies to distill")
+    eos = tokenizers_.special_token_ids(tok)["eos"]
+    ids = []
+    for i, (prompt, body) in enumerate(bodies):
+        # prompt and body encoded apart, as a prompt is at inference; every other one ends at
+        # the docstring's newline (as a user often types it) and its body indents itself
+        if i % 2:
+            cut = prompt.rstrip(" ")
+            prompt, body = cut, prompt[len(cut):] + body
+        ids += [eos] + tok.encode(prompt, add_special_tokens=False).ids + tok.encode(body, add_special_tokens=False).ids
+    ids.append(eos)
+    info = {"base": p.answers_base, "requests": p.answers, "pairs": len(bodies), "tokens": len(ids),
+            "split": "train", "rule": "distill.function_bodies, packed; every other prompt ends at the "
+                                                "docstring's newline instead of the body's indentation"}
+    return torch.tensor(ids, dtype=torch.long), info
 
 
 # ----------------------------------------------------------------------------- the dual stream
@@ -290,6 +326,21 @@ def command_line(init_from, out_dir, preset, steps, seconds, device, seed, threa
     return shlex.join(args + budget_command_args(steps, seconds, device, seed, threads))
 
 
+def init_lineage(source_dir: Path) -> dict:
+    """What made the starting checkpoint: ``init_from_commands`` (the commands before this one,
+    oldest first, so the card's Reproduce section is complete when a WeDLM checkpoint is
+    fine-tuned again) and ``init_sha256_chain`` (the weights each step started from, the first
+    being the causal LM at the root)."""
+    prior = {}
+    if (source_dir / "card.json").is_file():
+        prior = cards.load_card(source_dir)
+    recipe = prior.get("recipe", {})
+    commands = list(recipe.get("init_from_commands", [])) + ([prior["command"]] if prior.get("command") else [])
+    chain = list(recipe.get("init_sha256_chain") or ([recipe["init_from_sha256"]] if recipe.get("init_from_sha256") else []))
+    return {"init_from_commands": commands,
+            "init_sha256_chain": chain + [cards.file_sha256(source_dir / "model.safetensors")]}
+
+
 def train_wedlm(init_from="stdlib-ar", out_dir="stdlib-wedlm", preset: str = "default",
                 steps: int | None = None, seconds: float | None = None, device="cpu", seed: int = 0,
                 threads: int | None = None, progress: bool = True) -> dict:
@@ -308,6 +359,7 @@ def train_wedlm(init_from="stdlib-ar", out_dir="stdlib-wedlm", preset: str = "de
     out_dir = Path(out_dir)
     writable_dir(out_dir, create=False)   # an unwritable --out fails now, not after training
     source_dir = zoo.resolve(init_from)
+    lineage = init_lineage(source_dir)     # now: out_dir may be source_dir, overwritten at the end
     torch.manual_seed(seed)
 
     # --- model and tokenizer
@@ -332,7 +384,12 @@ def train_wedlm(init_from="stdlib-ar", out_dir="stdlib-wedlm", preset: str = "de
     train_stream = corpus.encode_corpus(tok, "train", max_bytes=p.corpus_max_bytes)
     heldout_stream = corpus.encode_corpus(tok, "heldout")
     n_distill = round(p.distill_share * p.batch_size) if p.distill_prompts else 0
-    windows = corpus.batches(train_stream, p.batch_size - n_distill, p.seq_len - 1, seed=seed)
+    n_answers = round(p.answers_share * p.batch_size) if p.answers else 0
+    windows = corpus.batches(train_stream, p.batch_size - n_distill - n_answers, p.seq_len - 1, seed=seed)
+    answers_info = None
+    if n_answers:
+        stream, answers_info = answer_stream(tok, p, seed)
+        answer_windows = corpus.batches(stream, n_answers, p.seq_len - 1, seed=seed + 2)
     distilled = (distilled_windows(reference, train_stream, p, seed, progress) if n_distill
                  else None)
     gen = torch.Generator().manual_seed(seed)
@@ -353,6 +410,8 @@ def train_wedlm(init_from="stdlib-ar", out_dir="stdlib-wedlm", preset: str = "de
         for group in opt.param_groups:
             group["lr"] = cosine_lr(p.lr, p.warmup, p.min_lr_ratio, step, frac)
         x0 = next(windows)
+        if n_answers:
+            x0 = torch.cat([x0, next(answer_windows)])
         if n_distill:
             rows = torch.randint(0, len(distilled), (n_distill,), generator=gen)
             x0 = torch.cat([x0, distilled[rows]])
@@ -408,7 +467,8 @@ def train_wedlm(init_from="stdlib-ar", out_dir="stdlib-wedlm", preset: str = "de
         "recipe": {**dataclasses.asdict(p), "preset": preset, "seed": seed,
                    "steps_budget": steps, "seconds_budget": seconds,
                    "init_from": str(init_from), "init_from_dir": str(source_dir),
-                   "init_from_sha256": cards.file_sha256(source_dir / "model.safetensors"),
+                   "init_from_sha256": lineage["init_sha256_chain"][-1],
+                   **lineage,
                    "optimizer": "AdamW(betas=(0.9, 0.95))",
                    "schedule": "linear warmup, cosine to min_lr_ratio over the step/time budget",
                    "attention": "dual stream [2L, 2L]: clean causal; noisy block causal over its "
@@ -416,7 +476,7 @@ def train_wedlm(init_from="stdlib-ar", out_dir="stdlib-wedlm", preset: str = "de
                    "loss": "(mlm + ar_weight * ar) / (1 + ar_weight); mlm = 1/p-weighted CE of "
                            "masked tokens at their own position; ar = shifted CE of the clean stream"},
         "corpus": {**info.to_dict(), "train_tokens": int(train_stream.numel()),
-                   "heldout_tokens": int(heldout_stream.numel())},
+                   "heldout_tokens": int(heldout_stream.numel()), "distilled_answers": answers_info},
         "model": {"architecture": config.architecture, "parameters": n_params, "causal": True,
                   "mask_token_id": config.mask_token_id,
                   "storage_dtype": str(store_dtype).replace("torch.", ""),

@@ -104,7 +104,7 @@ PRESETS = {
     # LLaDA's SFT stage with sequence-level distillation (--init-from stdlib-mdm): per batch of 8,
     # 4 rows of SmolLM2's bodies for short function requests (signature + one-line docstring),
     # 2 of the corpus' own functions and 2 plain corpus windows, so the model answers the short
-    # prompts a user writes and stays a model of the corpus (~0.6 s/step on an idle 2-core CPU)
+    # prompts a user writes and stays a model of the corpus (~0.45 s/step on an idle 2-core CPU)
     "long-distill": Preset(vocab_size=4096, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
                            num_attention_heads=3, num_key_value_heads=1, head_dim=64, seq_len=512,
                            batch_size=8, lr=1e-3, steps=1200, warmup=20, random_length_share=1.0,

@@ -29,6 +29,19 @@ def pair():
     return target, drafter
 
 
+@pytest.fixture(scope="module")
+def shared_pair():
+    """A drafter on the target's own embedding and LM head, drafting from every other token id
+    (a reduced FR-Spec vocabulary), as the SmolLM2 drafter is built."""
+    target = tiny_model("llama", seed=7)
+    vocab_ids = list(range(0, target.config.vocab_size, 2))
+    drafter = DeerDrafter.for_target(target, num_layers=1, share_embeddings=True, vocab_ids=vocab_ids)
+    with torch.no_grad():
+        for p in drafter.lm.layers.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    return target, drafter
+
+
 @pytest.mark.parametrize("block_size,topk", [(1, 1), (4, 1), (32, 1), (6, 3)])
 def test_greedy_equals_greedy_ar(pair, block_size, topk):
     target, drafter = pair
@@ -42,6 +55,52 @@ def test_greedy_equals_greedy_ar(pair, block_size, topk):
     stop = ar.tokens[2][9]
     ar_stop = generate(target, PROMPTS, method="ar", max_new_tokens=30, stop_tokens=[stop])
     assert generate(target, PROMPTS, max_new_tokens=30, stop_tokens=[stop], **kw).tokens == ar_stop.tokens
+
+
+@pytest.mark.parametrize("block_size,topk", [(4, 1), (6, 3)])
+def test_a_sharing_drafter_with_a_reduced_vocabulary_is_exact(shared_pair, block_size, topk):
+    target, drafter = shared_pair
+    assert drafter.shares_embeddings and drafter.lm.embed_tokens.weight is target.embed_tokens.weight
+    own = {n for n, _ in drafter.named_parameters()}
+    assert not any(n.endswith("embed_tokens.weight") or n.startswith("lm.lm_head") for n in own)
+    ar = generate(target, PROMPTS, method="ar", max_new_tokens=30, stop_tokens=[])
+    out = generate(target, PROMPTS, method="deer", drafter=drafter, block_size=block_size, tree_topk=topk,
+                   max_new_tokens=30, stop_tokens=[], page_size=4)
+    assert out.tokens == ar.tokens
+    with torch.no_grad():                              # drafts come from the reduced vocabulary only
+        cache = drafter.new_cache(num_pages=8, page_size=4)
+        seq = cache.new_sequence()
+        logits = drafter.forward_paged(plan_extend(cache, [seq], [PROMPTS[0]]), cache)
+    assert logits.shape[-1] == target.config.vocab_size
+    assert torch.isinf(logits[:, 1::2]).all() and torch.isfinite(logits[:, ::2]).all()
+
+
+def test_a_sharing_drafter_saves_only_its_own_weights(shared_pair, tmp_path):
+    from safetensors import safe_open
+
+    target, drafter = shared_pair
+    drafter.save(tmp_path / "deer", dtype=torch.bfloat16)
+    with safe_open(str(tmp_path / "deer" / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+        assert f.get_tensor("model.layers.0.self_attn.q_proj.weight").dtype == torch.bfloat16
+    assert "draft.vocab_ids" in names and "model.embed_tokens.extra" in names
+    assert not any(n.endswith("embed_tokens.weight") or n.startswith("lm_head") for n in names)
+    with pytest.raises(ValueError, match="target="):
+        DeerDrafter.load(tmp_path / "deer")
+    with pytest.raises(ValueError, match="vocabulary"):
+        DeerDrafter.load(tmp_path / "deer", target=tiny_model("llama", vocab_size=50))
+    again = DeerDrafter.load(tmp_path / "deer", target=target)
+    torch.testing.assert_close(again.vocab_ids, drafter.vocab_ids)
+    for (n, a), (_, b) in zip(again.named_parameters(), drafter.named_parameters()):
+        torch.testing.assert_close(a, b.to(torch.bfloat16).float(), msg=n)
+    ar = generate(target, PROMPTS[:2], max_new_tokens=12, stop_tokens=[])
+    out = generate(target, PROMPTS[:2], method="deer", drafter=tmp_path / "deer", max_new_tokens=12,
+                   stop_tokens=[])
+    assert out.tokens == ar.tokens
+    with pytest.raises(ValueError, match="target"):        # another model with the same shape
+        generate(tiny_model("llama", seed=8), PROMPTS[:1], method="deer", drafter=again, max_new_tokens=4)
+    with pytest.raises(ValueError, match="share_embeddings"):
+        DeerDrafter.for_target(target, num_layers=1, vocab_ids=[1, 2, 3])
 
 
 def test_a_drafter_equal_to_the_target_accepts_every_draft():
@@ -62,10 +121,12 @@ def test_block_tree_shape():
     assert source[:4] == [(0, 0), (0, 1), (0, 2), (1, 0)]
 
 
-def test_training_forward_equals_the_paged_block_step(pair):
+@pytest.mark.parametrize("which", ["pair", "shared_pair"])
+def test_training_forward_equals_the_paged_block_step(which, request):
     """The plain block-causal forward (training) and the paged step over a cached prefix
-    (decoding) give the same logits for the root and the block."""
-    _, drafter = pair
+    (decoding) give the same logits for the root and the block (a reduced vocabulary's training
+    logits are the paged step's at the draft ids)."""
+    _, drafter = request.getfixturevalue(which)
     prefix = [5, 6, 7, 8, 9, 10, 11]
     c, b = 5, 4                                        # a cut after 5 tokens, 4 block queries
     block = [drafter.boundary_token_id] + [drafter.mask_token_id] * (b - 1)
@@ -85,6 +146,14 @@ def test_training_forward_equals_the_paged_block_step(pair):
         paged = drafter.forward_paged(step, cache)
     want = torch.cat([plain[c - 1:c], plain[len(prefix):]])
     torch.testing.assert_close(paged, want, atol=1e-4, rtol=1e-4)
+    if drafter.vocab_ids is not None:
+        with torch.no_grad():
+            sub = drafter(ids, pos, block_mask(len(prefix), [c], b), draft_vocab=True)[0]
+        assert sub.shape[-1] == drafter.vocab_ids.numel()
+        torch.testing.assert_close(torch.cat([sub[c - 1:c], sub[len(prefix):]]), paged[:, drafter.vocab_ids],
+                                   atol=1e-4, rtol=1e-4)
+        labels = torch.tensor([[int(drafter.vocab_ids[3]), 1, -100]])     # id 1 lies outside
+        assert drafter.draft_labels(labels).tolist() == [[3, -100, -100]]
 
 
 def test_rejected_drafts_leave_the_drafter_cache_as_if_never_written(pair):

@@ -92,3 +92,23 @@ def test_registered_and_bad_options(base_dir):
         recipe.train_deer(base_dir, "tiny", steps=0)
     with pytest.raises(ValueError, match="seconds"):
         recipe.train_deer(base_dir, "tiny", seconds=-1)
+
+
+def test_the_sharing_preset_writes_a_small_exact_drafter(tmp_path):
+    """The SmolLM2 preset's path (the distillation set's answers, the target's embedding and LM
+    head shared, a reduced vocabulary, bfloat16 weights) on stdlib-ar with a tiny budget."""
+    from leapdec.train.distill import load_base
+
+    card = recipe.train_deer("stdlib-ar", "tiny-shared", out_dir=tmp_path, device="cpu", seed=0, progress=False)
+    p = recipe.PRESETS["tiny-shared"]
+    assert cards.verify_card(tmp_path) == []
+    assert card["model"]["shares_target_embeddings"] and card["model"]["draft_vocab"] == p.vocab
+    assert card["model"]["storage_dtype"] == "bfloat16" and 0 < card["model"]["vocab_coverage_of_answers"] <= 1
+    assert card["corpus"]["train_sequences"] == p.function_prompts
+    assert card["eval"]["decoding"]["identical_to_ar"]
+    assert all(0.0 <= a <= 1.0 for a in card["eval"]["top1_by_distance"])
+    model = load_base("stdlib-ar", "cpu")[0]
+    drafter = DeerDrafter.load(tmp_path, target=model)
+    own = sum(x.numel() for x in drafter.parameters())
+    assert own == card["model"]["parameters"] < sum(x.numel() for x in model.parameters())
+    assert (tmp_path / recipe.WEIGHTS_FILE).stat().st_size < 2 * own + 2**20       # bf16, nothing shared

@@ -39,7 +39,8 @@ def load_drafter(model, drafter) -> DeerDrafter:
             raise ValueError(f"drafter: on {d.device} / {d.dtype}, the target on {model.device} / {model.dtype}")
 
     return load_companion(model, KIND, drafter, loaded_type=DeerDrafter, filename="model.safetensors",
-                          load=lambda folder: DeerDrafter.load(folder, device=model.device, dtype=model.dtype),
+                          load=lambda folder: DeerDrafter.load(folder, device=model.device, dtype=model.dtype,
+                                                              target=model),
                           hint=_HINT, check=check, argument="drafter")
 
 

@@ -40,7 +40,7 @@ from leapdec.decoding import generate
 from leapdec.models import load_checkpoint
 from leapdec.models.deer import DeerDrafter, block_mask
 from leapdec.paths import writable_dir
-from leapdec.train import cards, corpus
+from leapdec.train import cards, corpus, distill
 from leapdec.train import tokenizer as tokenizers_
 from leapdec.train.budget import add_budget_arguments, budget_command_args, check_budget, cosine_lr
 from leapdec.train.medusa import sample_prompts
@@ -74,6 +74,11 @@ class Preset:
     eval_new_tokens: int = 128
     eval_block_size: int = 16
     corpus_max_bytes: int | None = None
+    distill: bool = False         # data: leapdec.train.distill's chat requests and the target's answers
+    share_embeddings: bool = False  # use the target's frozen embedding and LM head (a large target)
+    vocab: int | None = None      # reduced draft vocabulary (FR-Spec; with share_embeddings)
+    copy_layers: tuple | None = None  # the target's layers the drafter starts from (default: spread)
+    save_dtype: str | None = None  # dtype of the saved own weights of a sharing drafter
 
 
 PRESETS = {
@@ -82,11 +87,26 @@ PRESETS = {
                    max_prompt_tokens=48, gen_len=24, gen_batch=12, batch_size=4, cuts=3,
                    block_lens=(3, 7), lr=2e-3, steps=20, warmup=2, eval_every=10, eval_prompts=2,
                    eval_new_tokens=16, eval_block_size=4, corpus_max_bytes=300_000),
+    # the tests: the sharing / reduced-vocabulary / distillation-data path of "smollm2", on any base
+    "tiny-shared": Preset(num_layers=1, function_prompts=8, window_prompts=0, heldout_prompts=4, window_len=0,
+                          max_prompt_tokens=48, gen_len=16, gen_batch=8, batch_size=4, cuts=3,
+                          block_lens=(3, 7), lr=2e-3, steps=12, warmup=2, eval_every=6, eval_prompts=2,
+                          eval_new_tokens=16, eval_block_size=4, distill=True, share_embeddings=True,
+                          vocab=1024, save_dtype="bfloat16"),
     # ~20 minutes on one thread of a shared 2-core CPU for the zoo's stdlib-ar
     # (768 answered prompts overfit in 300 steps: train loss 0.28, held-out 1.12)
     "default": Preset(num_layers=2, function_prompts=3000, window_prompts=600, heldout_prompts=48,
                       window_len=64, max_prompt_tokens=160, gen_len=128, gen_batch=64, batch_size=16,
                       cuts=6, block_lens=(7, 15, 15, 31), lr=1.5e-3, steps=3000),
+    # SmolLM2-135M-Instruct: 2 layers of its shape (7.1 M own parameters, 14 MB in bfloat16) on
+    # its frozen embedding and LM head, drafting from its 8192 most frequent answer tokens; data:
+    # its own greedy answers to the distillation set's chat requests (`python -m
+    # leapdec.train.distill --n 1600` fills the cache). ~2 s per step on an idle 2-core CPU.
+    "smollm2": Preset(num_layers=2, function_prompts=1600, window_prompts=0, heldout_prompts=32,
+                      window_len=0, max_prompt_tokens=160, gen_len=128, gen_batch=16, batch_size=8,
+                      cuts=4, block_lens=(7, 15), lr=1e-3, steps=600, eval_every=100, eval_prompts=4,
+                      eval_block_size=8, distill=True, share_embeddings=True, vocab=8192,
+                      save_dtype="bfloat16"),
 }
 
 
@@ -164,7 +184,8 @@ def make_batch(pairs, cuts: int, block_len: int, boundary: int, mask: int, gen: 
 def loss_fn(drafter, batch, weights: torch.Tensor | None):
     """Mean cross-entropy over labelled positions, weighted per distance from the boundary."""
     ids, pos, labels, mask, dist = batch
-    logits = drafter(ids, pos, mask).float()
+    labels = drafter.draft_labels(labels, IGNORE)         # draft-vocabulary indices (FR-Spec)
+    logits = drafter(ids, pos, mask, draft_vocab=True).float()
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
                          reduction="none").view(labels.shape)
     ok = labels != IGNORE
@@ -174,18 +195,22 @@ def loss_fn(drafter, batch, weights: torch.Tensor | None):
 
 @torch.no_grad()
 def heldout_metrics(drafter, pairs, block_len: int, seed: int) -> dict:
-    """On held-out answers, blocks cut at every 8th answer position: per-distance top-1 accuracy
-    and the greedy accepted length it implies (leading correct drafts + the bonus token)."""
+    """On held-out answers, blocks cut at random answer positions: per-distance top-1 accuracy
+    and the greedy accepted length it implies (leading correct drafts + the bonus token). A target
+    token outside a reduced draft vocabulary counts as a miss."""
     accs, accept, losses = [], [], []
     gen = random.Random(seed)
     for i in range(0, len(pairs), 8):
         chunk = pairs[i:i + 8]
         batch = make_batch(chunk, 4, block_len, drafter.boundary_token_id, drafter.mask_token_id, gen)
-        ids, pos, labels, mask, dist = batch
-        logits = drafter(ids, pos, mask).float()
+        ids, pos, target_labels, mask, dist = batch
+        labels = drafter.draft_labels(target_labels, IGNORE)
+        logits = drafter(ids, pos, mask, draft_vocab=True).float()
         ok = labels != IGNORE
         losses.append(F.cross_entropy(logits[ok], labels[ok], reduction="sum") / max(1, int(ok.sum())))
         pred = logits.argmax(-1)
+        # a label outside the draft vocabulary stays valid (-2) and no prediction matches it
+        labels = torch.where((target_labels != IGNORE) & ~ok, torch.full_like(labels, -2), labels)
         width = ids.shape[1] - 4 * block_len
         for r in range(len(chunk)):
             for c in range(4):
@@ -258,36 +283,52 @@ def train_deer(base="stdlib-ar", preset: str = "default", out_dir=None, steps: i
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     check_budget(steps, seconds, threads)
-    base_dir = zoo.resolve(base)
     device = torch.device(device)
     command = command_line(base, preset, out_dir, steps, seconds, device, seed, threads)
-    out_dir = Path(out_dir) if out_dir is not None else base_dir / "deer"
-    writable_dir(out_dir, create=False)
     p = PRESETS[preset]
     step_budget = steps if steps is not None else (None if seconds is not None else p.steps)
     torch.manual_seed(seed)
     rng = random.Random(seed)
 
     # --- frozen target and its greedy answers
-    model = load_checkpoint(base_dir, device=device, dtype=torch.float32).eval()
-    if not model.config.causal:
-        raise ValueError(f"base: {base_dir} is not a causal LM; DEER verifies with an AR target")
-    tok = tokenizers_.load_tokenizer(base_dir)
-    eos = tokenizers_.special_token_ids(tok)["eos"]
     data_start = time.perf_counter()
-    texts = train_function_prompts(tok, p.function_prompts, seed)
-    prompts = _encode_prompts(tok, texts, eos, p.max_prompt_tokens)
-    stream = corpus.encode_corpus(tok, "train", max_bytes=p.corpus_max_bytes)
-    prompts += sample_prompts(stream, p.window_prompts, p.window_len, seed)
-    held_texts = [e.prompt for e in corpus.eval_prompts(p.heldout_prompts + p.eval_prompts, seed=1)]
-    decode_prompts = _encode_prompts(tok, held_texts[:p.eval_prompts], eos, p.max_prompt_tokens)
-    held_prompts = _encode_prompts(tok, held_texts[p.eval_prompts:], eos, p.max_prompt_tokens)
-    train_pairs = greedy_answers(model, prompts, p.gen_len, p.gen_batch, progress, "answers/train")
-    held_pairs = greedy_answers(model, held_prompts, p.gen_len, p.gen_batch, progress, "answers/heldout")
+    if p.distill:                        # a chat model: the distillation set's requests and answers
+        model, tok, base_dir, base_sha = distill.load_base(base, device)
+        train_pairs = distill.answers(base, p.function_prompts, "train", p.gen_len, seed, p.gen_batch,
+                                      model=model, tokenizer=tok, progress=progress)
+        held = distill.answers(base, p.eval_prompts + p.heldout_prompts, "heldout", p.gen_len, seed,
+                               p.gen_batch, model=model, tokenizer=tok, progress=progress)
+        decode_prompts = [q for q, _ in held[:p.eval_prompts]]
+        held_pairs = held[p.eval_prompts:]
+    else:
+        base_dir = zoo.resolve(base)
+        model = load_checkpoint(base_dir, device=device, dtype=torch.float32).eval()
+        if not model.config.causal:
+            raise ValueError(f"base: {base_dir} is not a causal LM; DEER verifies with an AR target")
+        base_weights = base_dir / "model.safetensors"
+        base_sha = cards.file_sha256(base_weights) if base_weights.is_file() else None
+        tok = tokenizers_.load_tokenizer(base_dir)
+        eos = tokenizers_.special_token_ids(tok)["eos"]
+        texts = train_function_prompts(tok, p.function_prompts, seed)
+        prompts = _encode_prompts(tok, texts, eos, p.max_prompt_tokens)
+        stream = corpus.encode_corpus(tok, "train", max_bytes=p.corpus_max_bytes)
+        prompts += sample_prompts(stream, p.window_prompts, p.window_len, seed)
+        held_texts = [e.prompt for e in corpus.eval_prompts(p.heldout_prompts + p.eval_prompts, seed=1)]
+        decode_prompts = _encode_prompts(tok, held_texts[:p.eval_prompts], eos, p.max_prompt_tokens)
+        held_prompts = _encode_prompts(tok, held_texts[p.eval_prompts:], eos, p.max_prompt_tokens)
+        train_pairs = greedy_answers(model, prompts, p.gen_len, p.gen_batch, progress, "answers/train")
+        held_pairs = greedy_answers(model, held_prompts, p.gen_len, p.gen_batch, progress, "answers/heldout")
+    out_dir = Path(out_dir) if out_dir is not None else base_dir / "deer"
+    writable_dir(out_dir, create=False)
     data_s = time.perf_counter() - data_start
 
     # --- drafter from the target's weights
-    drafter = DeerDrafter.for_target(model, p.num_layers).float().train()
+    vocab_ids = None
+    if p.vocab is not None and p.vocab < model.config.vocab_size:
+        stops = sorted({a[-1] for _, a in train_pairs if a} | set(model.config.stop_token_ids or []))
+        vocab_ids = distill.frequent_tokens(base, p.vocab, train_pairs, tokenizer=tok, always=stops)
+    drafter = DeerDrafter.for_target(model, p.num_layers, list(p.copy_layers) if p.copy_layers else None,
+                                     share_embeddings=p.share_embeddings, vocab_ids=vocab_ids).float().train()
     params = [x for x in drafter.parameters() if x.requires_grad]
     opt = torch.optim.AdamW(params, lr=p.lr, betas=(0.9, 0.95), weight_decay=0.0)
     decay_w = torch.tensor([p.decay ** k for k in range(64)])
@@ -354,15 +395,14 @@ def train_deer(base="stdlib-ar", preset: str = "default", out_dir=None, steps: i
         history.append({"step": step, "stage": 2 if stage_switch is not None else 1,
                         "tokens": step * tokens_per_step,
                         "seconds": round(train_s, 1), "train_loss": round(ema, 4) if ema else None, **final})
-    base_weights = base_dir / "model.safetensors"
-    drafter.meta = {"base_model": base_dir.name,
-                    "base_model_sha256": cards.file_sha256(base_weights) if base_weights.is_file() else None,
+    drafter.meta = {"base_model": base_dir.name, "base_model_sha256": base_sha,
                     "default_block_size": p.eval_block_size}
-    drafter.save(out_dir)
-    saved = DeerDrafter.load(out_dir, device=device, dtype=torch.float32)
+    save_dtype = getattr(torch, p.save_dtype) if p.save_dtype else None
+    drafter.save(out_dir, dtype=save_dtype) if save_dtype else drafter.save(out_dir)
+    saved = DeerDrafter.load(out_dir, device=device, dtype=torch.float32, target=model)
     decoding = decode_eval(model, saved, decode_prompts, p.eval_new_tokens, p.eval_block_size)
 
-    n_params = sum(x.numel() for x in drafter.parameters())
+    n_params = sum(x.numel() for x in drafter.parameters())      # its own (shared ones are not parameters)
     card = {
         "name": f"{base_dir.name}/{out_dir.name}" if out_dir.parent == base_dir else out_dir.name,
         "card_version": cards.CARD_VERSION,
@@ -380,11 +420,15 @@ def train_deer(base="stdlib-ar", preset: str = "default", out_dir=None, steps: i
                    "stage_1": "cross-entropy on the root's draft and every block position, equal weights",
                    "stage_2": f"the same loss weighted {p.decay}^k by the distance k from the boundary",
                    "stage_2_from_step": stage_switch,
-                   "init": f"target's embeddings, LM head, final norm and layers "
-                           f"{saved.config.extra['deer']['copied_layers']}; [MASK] and [BND] = mean embedding"},
+                   "init": (f"target's final norm and layers {saved.config.extra['deer']['copied_layers']}; "
+                            + ("its embedding and LM head shared, frozen" if p.share_embeddings
+                               else "its embeddings and LM head copied")
+                            + "; [MASK] and [BND] = mean embedding")},
         "corpus": {"base_model": str(base),
-                   "targets": "the base model's greedy answers (generate(method='ar')) to train-split "
-                              "function prompts and random train windows",
+                   "targets": ("the base model's greedy answers to the distillation set's chat requests "
+                               "(leapdec.train.distill)" if p.distill else
+                               "the base model's greedy answers (generate(method='ar')) to train-split "
+                               "function prompts and random train windows"),
                    "train_sequences": len(train_pairs), "heldout_sequences": len(held_pairs),
                    "gen_len": p.gen_len,
                    "train_answer_tokens": sum(len(a) for _, a in train_pairs),
@@ -393,7 +437,10 @@ def train_deer(base="stdlib-ar", preset: str = "default", out_dir=None, steps: i
         "model": {"num_layers": p.num_layers, "hidden_size": drafter.config.hidden_size,
                   "vocab_size": drafter.config.vocab_size, "target_vocab_size": drafter.target_vocab_size,
                   "mask_token_id": drafter.mask_token_id, "boundary_token_id": drafter.boundary_token_id,
-                  "max_block": drafter.max_block, "parameters": n_params, "storage_dtype": "float32",
+                  "max_block": drafter.max_block, "parameters": n_params,
+                  "storage_dtype": p.save_dtype or "float32", "shares_target_embeddings": p.share_embeddings,
+                  "draft_vocab": None if vocab_ids is None else len(vocab_ids),
+                  "vocab_coverage_of_answers": None if vocab_ids is None else round(distill.coverage(vocab_ids, train_pairs), 4),
                   "base_model_sha256": drafter.meta["base_model_sha256"]},
         "training": {"steps": step, "tokens_seen": step * tokens_per_step, "data_s": round(data_s, 1),
                      "train_s": round(train_s, 1), "wall_s": 0.0,

@@ -106,9 +106,18 @@ def test_the_sharing_preset_writes_a_small_exact_drafter(tmp_path):
     assert card["model"]["storage_dtype"] == "bfloat16" and 0 < card["model"]["vocab_coverage_of_answers"] <= 1
     assert card["corpus"]["train_sequences"] == p.function_prompts
     assert card["eval"]["decoding"]["identical_to_ar"]
+    sweep = card["eval"]["decode_sweep"]                        # the fastest setting becomes the default
+    assert [(r["block_size"], r["tree_topk"]) for r in sweep] == list(p.decode_sweep)
+    best = max(sweep, key=lambda r: r["speedup_vs_ar"])
+    assert card["eval"]["decode_defaults"] == {"block_size": best["block_size"], "tree_topk": best["tree_topk"]}
     assert all(0.0 <= a <= 1.0 for a in card["eval"]["top1_by_distance"])
     model = load_base("stdlib-ar", "cpu")[0]
     drafter = DeerDrafter.load(tmp_path, target=model)
     own = sum(x.numel() for x in drafter.parameters())
     assert own == card["model"]["parameters"] < sum(x.numel() for x in model.parameters())
     assert (tmp_path / recipe.WEIGHTS_FILE).stat().st_size < 2 * own + 2**20       # bf16, nothing shared
+    assert drafter.meta["decode_defaults"] == card["eval"]["decode_defaults"]
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    ar = generate(model, prompts, method="ar", max_new_tokens=12)
+    out = generate(model, prompts, method="deer", drafter=tmp_path, max_new_tokens=12)
+    assert out.tokens == ar.tokens and out.stats["block_size"] == best["block_size"]

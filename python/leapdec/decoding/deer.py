@@ -155,7 +155,7 @@ def _positive_int(name: str, value, high: int | None = None) -> int:
 
 
 @register_method("deer", companion=KIND, recipe="deer", lossless=True)
-def deer(model, prompts: list[list[int]], *, drafter=None, block_size: int = 8, tree_topk: int | None = None,
+def deer(model, prompts: list[list[int]], *, drafter=None, block_size: int | None = None, tree_topk: int | None = None,
          tree_positions: int = 2, max_new_tokens: int = 128, temperature: float = 0.0,
          top_k: int | None = None, top_p: float | None = None, seed: int | None = None, stop_tokens=None,
          stop_strings=None, tokenizer=None, stream=None, page_size: int = 16):
@@ -164,13 +164,18 @@ def deer(model, prompts: list[list[int]], *, drafter=None, block_size: int = 8, 
     ``drafter``: a DeerDrafter or its folder (default: the model's ``deer/`` companion).
     ``tree_topk`` > 1 adds alternatives at the first ``tree_positions`` positions (default: 3 when
     greedy, a chain when sampling; block 8 with top-3 at 2 positions was the fastest setting of
-    the zoo drafter on CPU, benchmarks/RESULTS.md "DEER"). Stats add ``drafter_calls`` and the
+    the stdlib-ar drafter on CPU, benchmarks/RESULTS.md "DEER"). A drafter whose folder records
+    ``decode_defaults`` (its recipe's measured best, e.g. SmolLM2's) supplies the defaults of
+    ``block_size`` and greedy ``tree_topk`` instead. Stats add ``drafter_calls`` and the
     acceptance-length histogram."""
     acceptance = resolve_acceptance(None, temperature, top_k, top_p, 0.09, 0.3)
     d = load_drafter(model, drafter)
+    defaults = d.meta.get("decode_defaults") or {}
+    if block_size is None:
+        block_size = min(int(defaults.get("block_size", 8)), d.max_block)
     _positive_int("block_size", block_size, d.max_block)
     if tree_topk is None:
-        tree_topk = 3 if acceptance == "greedy" else 1
+        tree_topk = int(defaults.get("tree_topk", 3)) if acceptance == "greedy" else 1
     _positive_int("tree_topk", tree_topk, d.target_vocab_size)
     _positive_int("tree_positions", tree_positions)
     if tree_topk > 1 and acceptance != "greedy":

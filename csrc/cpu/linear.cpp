@@ -183,12 +183,24 @@ void linear_impl(const float* x, const T* w, float* y, int64_t mp, int64_t n, in
 // 8t + r, columns 8b + j at [t][b][r][j], zero padded. A tile's rows are one sequential run of
 // memory, which streams from DRAM ~1.5x faster on this machine than 8 rows read side by side.
 
+// Prefetch into L2 the cache lines of packed block b - b0 of the next chunk (pf; null: none).
+template <typename S>
+LEAPDEC_SIMD_INLINE void prefetch_block(const char* pf, int64_t i) {
+  if (pf == nullptr) return;
+  constexpr int kLines = static_cast<int>(64 * sizeof(S) / 64);
+#pragma GCC unroll 4
+  for (int l = 0; l < kLines; ++l) __builtin_prefetch(pf + i * 64 * sizeof(S) + l * 64, 0, 2);
+}
+
 // acc[r] += the products of the 8 rows of blocks [b0, b1) of src (packed order, 64 per block)
-// with x row xr (V = 8 / W vectors per block).
+// with x row xr (V = 8 / W vectors per block). pf: the next chunk, prefetched block by block
+// while this pass computes from L1 (see packed_tiles).
 template <int W, typename S>
-LEAPDEC_SIMD_INLINE void packed_dots(const S* src, const float* xr, int64_t b0, int64_t b1, vf<W>* acc) {
+LEAPDEC_SIMD_INLINE void packed_dots(const S* src, const float* xr, int64_t b0, int64_t b1, vf<W>* acc,
+                                     const char* pf = nullptr) {
   constexpr int V = 8 / W;
   for (int64_t b = b0; b < b1; ++b) {
+    prefetch_block<S>(pf, b - b0);
     vf<W> xv[V];
 #pragma GCC unroll 2
     for (int v = 0; v < V; ++v) xv[v] = simd::load<W>(xr + b * 8 + v * W);
@@ -205,9 +217,11 @@ LEAPDEC_SIMD_INLINE void packed_dots(const S* src, const float* xr, int64_t b0, 
 // halves the loads per FMA; 4 weight rows per pass keep the 8 accumulators in registers.
 template <int W, typename S>
 LEAPDEC_SIMD_INLINE void packed_dots_pair(const S* src, const float* x0, const float* x1, int64_t b0,
-                                          int64_t b1, int h, vf<W>* acc0, vf<W>* acc1) {
+                                          int64_t b1, int h, vf<W>* acc0, vf<W>* acc1,
+                                          const char* pf = nullptr) {
   constexpr int V = 8 / W;
   for (int64_t b = b0; b < b1; ++b) {
+    prefetch_block<S>(pf, b - b0);
     vf<W> xa[V], xb[V];
 #pragma GCC unroll 2
     for (int v = 0; v < V; ++v) {
@@ -251,12 +265,21 @@ LEAPDEC_SIMD_INLINE void packed_tiles(const float* x, const T* w, float* y, int6
       if (widen) {
         for (int64_t e = c0 * 64; e < c1 * 64; e += W) simd::store<W>(buf + e - c0 * 64, load_w<W>(wt + e));
       }
+      // The first pass over a chunk streams it from memory; later passes (more x rows) read it
+      // from L1 and would leave the memory system idle, so the second pass prefetches the next
+      // chunk into L2 (the packed weights are one sequential stream up to this task's last
+      // tile). SmolLM2 forward over 200 cached tokens, 2 threads, in one-token steps, without ->
+      // with: bf16 5 rows 1.88 -> 1.51, 8 rows 2.7 -> 2.0; float32 5 rows 1.30 -> 1.25.
+      const T* next = wt + c1 * 64;
+      const int64_t ahead = std::min<int64_t>(c1 - c0, (w + t1 * kb * 64 - next) / 64);
+      const char* pf_next = ahead == c1 - c0 ? reinterpret_cast<const char*>(next) : nullptr;
       int64_t i = 0;
       for (; pairs && i + 1 < m; i += 2) {  // x rows in pairs
         for (int h = 0; h < 2 && 4 * h < rows; ++h) {
           vf<W> acc[8];  // acc[0..3]: row i, acc[4..7]: row i + 1
           for (auto& a : acc) a = simd::splat<W>(0.0f);
-          packed_dots_pair<W>(wt, x + i * k, x + (i + 1) * k, c0, c1, h, acc, acc + 4);
+          packed_dots_pair<W>(wt, x + i * k, x + (i + 1) * k, c0, c1, h, acc, acc + 4,
+                              i == 2 && h == 0 ? pf_next : nullptr);
           float dots[8];
           if constexpr (W == 8) {
             simd::store<8>(dots, simd::hsum_many<8>(acc));
@@ -272,10 +295,11 @@ LEAPDEC_SIMD_INLINE void packed_tiles(const float* x, const T* w, float* y, int6
       for (; i < m; ++i) {
         vf<W> acc[8];
         for (auto& a : acc) a = simd::splat<W>(0.0f);
+        const char* pf = (widen ? i == 0 : i == (pairs ? 2 : 1)) ? pf_next : nullptr;
         if (widen) {
-          packed_dots<W>(buf - c0 * 64, x + i * k, c0, c1, acc);
+          packed_dots<W>(buf - c0 * 64, x + i * k, c0, c1, acc, pf);
         } else {
-          packed_dots<W>(wt, x + i * k, c0, c1, acc);
+          packed_dots<W>(wt, x + i * k, c0, c1, acc, pf);
         }
         if constexpr (W == 8) {
           const vf<8> dots = simd::hsum_many<8>(acc);

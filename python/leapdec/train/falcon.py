@@ -105,7 +105,7 @@ PRESETS = {
     # SmolLM2-135M-Instruct: its own chat answers, an 8k-token draft vocabulary, bfloat16 file
     "smollm2": Preset(num_layers=2, block_size=2, seq_len=96, batch_size=8, lr=2e-3, steps=3000,
                       warmup=30, token_weight=0.5, heldout_windows=24, eval_every=50, eval_prompts=4,
-                      eval_new_tokens=64, gen_len=128, data="distill", num_prompts=336,
+                      eval_new_tokens=64, gen_len=128, data="distill", num_prompts=1600,
                       heldout_prompts=48, draft_vocab=8192, save_dtype="bfloat16"),
 }
 

@@ -87,7 +87,7 @@ PRESETS = {
                       prompt_len=64, gen_len=96, gen_batch=64, batch_size=256, lr=2e-3,
                       steps=1200),                 # shared-LM-head heads: 600 -> 1200 steps (top-1 +2-3 points)
     # SmolLM2-135M-Instruct: the self-distilled chat answers, heads on an 8k-token draft vocabulary
-    "smollm2": Preset(num_heads=4, num_layers=1, num_prompts=336, heldout_prompts=48, prompt_len=0,
+    "smollm2": Preset(num_heads=4, num_layers=1, num_prompts=1600, heldout_prompts=48, prompt_len=0,
                       gen_len=128, gen_batch=16, batch_size=256, lr=2e-3, steps=2000, warmup=30,
                       eval_prompts=4, eval_new_tokens=64, eval_every=200, data="distill", draft_vocab=8192),
 }

@@ -36,12 +36,11 @@ from torch import nn
 import json
 
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from leapdec.kv_cache import PagedKVCache
 from leapdec.models.config import ModelConfig
-from leapdec.models.draft_model import SharedHead
-from leapdec.models.loading import hf_name, load_checkpoint, our_name, read_safetensors, save_checkpoint
+from leapdec.models.draft_model import SharedHead, load_own_weights, save_own_weights
+from leapdec.models.loading import load_checkpoint, our_name, read_safetensors, save_checkpoint
 from leapdec.models.transformer import StepInput, Transformer
 from leapdec.models.vocab import check_vocab_ids, draft_index
 
@@ -209,15 +208,7 @@ class DeerDrafter(nn.Module):
         tensors = read_safetensors(weights, error=ValueError)
         ids = tensors.pop("draft.vocab_ids", None)
         lm = cls._shared_lm(ModelConfig.from_hf_dict(raw), target, ids)
-        state = {our_name(k): t for k, t in tensors.items()}
-        expected = {n for n, _ in lm.named_parameters()}
-        if set(state) != expected:
-            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise ValueError(f"drafter: {weights} does not match its config (missing {missing[:4]}, "
-                             f"unexpected {extra[:4]})")
-        with torch.no_grad():
-            for n, p in lm.named_parameters():
-                p.copy_(state[n].to(p.dtype))
+        load_own_weights(lm, {our_name(k): t for k, t in tensors.items()}, weights)
         return cls(lm.eval())
 
     def save(self, directory, dtype: torch.dtype | None = None) -> Path:
@@ -230,11 +221,7 @@ class DeerDrafter(nn.Module):
             return save_checkpoint(self.lm, directory)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {hf_name(n): p.detach().to("cpu", dtype or p.dtype).contiguous()
-                   for n, p in self.lm.named_parameters()}
-        if self.vocab_ids is not None:
-            tensors["draft.vocab_ids"] = self.vocab_ids.to("cpu", torch.int64).contiguous()
-        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        save_own_weights(directory / "model.safetensors", self.lm.named_parameters(), self.vocab_ids, dtype)
         self.lm.config.save_json(directory / "config.json", dtype=str(dtype or self.dtype).replace("torch.", ""))
         return directory
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from leapdec.models.config import ModelConfig
@@ -72,6 +71,29 @@ class SharedHead(nn.Module):
         return out
 
 
+def save_own_weights(path, named_parameters, vocab_ids: torch.Tensor | None, dtype: torch.dtype | None = None) -> None:
+    """Write a companion's own parameters (checkpoint names, in ``dtype`` when given) and its
+    draft vocabulary (``draft.vocab_ids``) to the safetensors file ``path``."""
+    tensors = {hf_name(n): p.detach().to("cpu", dtype or p.dtype).contiguous() for n, p in named_parameters}
+    if vocab_ids is not None:
+        tensors["draft.vocab_ids"] = vocab_ids.to("cpu", torch.int64).contiguous()
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def load_own_weights(module: nn.Module, state: dict, weights, own=lambda name: True) -> None:
+    """Copy ``state`` (our parameter names) into ``module``'s parameters for which ``own(name)``;
+    a clear error names what is missing or unexpected (``weights``: the file, for the message)."""
+    expected = {n for n, _ in module.named_parameters() if own(n)}
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"drafter: {weights} does not match its config (missing {missing[:4]}, "
+                         f"unexpected {extra[:4]})")
+    with torch.no_grad():
+        for n, p in module.named_parameters():
+            if n in state:
+                p.copy_(state[n].to(p.dtype))
+
+
 class DraftModel(Transformer):
     """A causal Transformer drafting for ``base`` with ``base``'s embedding and LM head."""
 
@@ -116,11 +138,8 @@ class DraftModel(Transformer):
         """Write the drafter's own weights (in ``dtype``, default its own) and config."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {hf_name(n): p.detach().to("cpu", dtype or p.dtype).contiguous()
-                   for n, p in self.named_parameters() if not n.startswith("embed_tokens.")}
-        if self.vocab_ids is not None:
-            tensors["draft.vocab_ids"] = self.vocab_ids.to("cpu", torch.int64).contiguous()
-        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_own_weights(directory / WEIGHTS_FILE, [(n, p) for n, p in self.named_parameters()
+                                                    if not n.startswith("embed_tokens.")], self.vocab_ids, dtype)
         self.config.save_json(directory / CONFIG_FILE, dtype=str(self.dtype).replace("torch.", ""))
         cfg = json.loads((directory / CONFIG_FILE).read_text())
         cfg.setdefault("leapdec", {})["draft"] = {"shares_base_embeddings": True,
@@ -143,16 +162,8 @@ class DraftModel(Transformer):
         tensors = read_safetensors(weights, error=ValueError)
         ids = tensors.pop("draft.vocab_ids", None)
         draft = cls(config, base, ids)
-        state = {our_name(k): v for k, v in tensors.items()}
-        expected = {n for n, _ in draft.named_parameters() if not n.startswith("embed_tokens.")}
-        if set(state) != expected:
-            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise ValueError(f"drafter: {weights} does not match its config (missing {missing[:4]}, "
-                             f"unexpected {extra[:4]})")
-        with torch.no_grad():
-            for n, p in draft.named_parameters():
-                if n in state:
-                    p.copy_(state[n].to(p.dtype))
+        load_own_weights(draft, {our_name(k): v for k, v in tensors.items()}, weights,
+                         own=lambda n: not n.startswith("embed_tokens."))
         draft.meta = raw["leapdec"]["draft"]
         draft.eval()
         return draft

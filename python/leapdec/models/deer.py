@@ -28,14 +28,12 @@ target=model)``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
-from torch import nn
-
-import json
-
 import torch.nn.functional as F
+from torch import nn
 
 from leapdec.kv_cache import PagedKVCache
 from leapdec.models.config import ModelConfig
@@ -144,22 +142,18 @@ class DeerDrafter(nn.Module):
             "pad_token_id")}
         config = ModelConfig(**shape, vocab_size=v + 2, num_hidden_layers=num_layers, causal=True, mask_token_id=v,
             extra={KIND: info})
-        if share_embeddings:
-            lm = cls._shared_lm(config, target, ids)
-            with torch.no_grad():
-                lm.embed_tokens.extra.copy_(target.embed_tokens.weight.mean(0).expand(2, -1))
-                lm.norm.load_state_dict(target.norm.state_dict())
-                for mine, theirs in zip(lm.layers, copy_layers):
-                    mine.load_state_dict(target.layers[theirs].state_dict())
-            return cls(lm.eval())
-        lm = Transformer(config, device=target.device, dtype=target.dtype, init_std=None)
         with torch.no_grad():
             emb = target.embed_tokens.weight
-            lm.embed_tokens.weight[:v] = emb
-            lm.embed_tokens.weight[v:] = emb.mean(0)
-            if not c.tie_word_embeddings:
-                lm.lm_head.weight[:v] = target.lm_head.weight
-                lm.lm_head.weight[v:] = 0
+            if share_embeddings:
+                lm = cls._shared_lm(config, target, ids)
+                lm.embed_tokens.extra.copy_(emb.mean(0).expand(2, -1))
+            else:
+                lm = Transformer(config, device=target.device, dtype=target.dtype, init_std=None)
+                lm.embed_tokens.weight[:v] = emb
+                lm.embed_tokens.weight[v:] = emb.mean(0)
+                if not c.tie_word_embeddings:
+                    lm.lm_head.weight[:v] = target.lm_head.weight
+                    lm.lm_head.weight[v:] = 0
             lm.norm.load_state_dict(target.norm.state_dict())
             for mine, theirs in zip(lm.layers, copy_layers):
                 mine.load_state_dict(target.layers[theirs].state_dict())

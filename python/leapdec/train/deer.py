@@ -402,7 +402,7 @@ def train_deer(base="stdlib-ar", preset: str = "default", out_dir=None, steps: i
     drafter.meta = {"base_model": base_dir.name, "base_model_sha256": base_sha,
                     "default_block_size": p.eval_block_size}
     save_dtype = getattr(torch, p.save_dtype) if p.save_dtype else None
-    drafter.save(out_dir, dtype=save_dtype) if save_dtype else drafter.save(out_dir)
+    drafter.save(out_dir, dtype=save_dtype)
     saved = DeerDrafter.load(out_dir, device=device, dtype=torch.float32, target=model)
     decoding = decode_eval(model, saved, decode_prompts, p.eval_new_tokens, p.eval_block_size)
     sweep = [decode_eval(model, saved, decode_prompts, p.eval_new_tokens, b, k) for b, k in p.decode_sweep]
@@ -410,7 +410,7 @@ def train_deer(base="stdlib-ar", preset: str = "default", out_dir=None, steps: i
     if exact:                             # the fastest exact setting: generate(method="deer")'s defaults
         best = max(exact, key=lambda r: r["speedup_vs_ar"])
         drafter.meta["decode_defaults"] = {"block_size": best["block_size"], "tree_topk": best["tree_topk"]}
-        drafter.save(out_dir, dtype=save_dtype) if save_dtype else drafter.save(out_dir)
+        drafter.save(out_dir, dtype=save_dtype)
 
     n_params = sum(x.numel() for x in drafter.parameters())      # its own (shared ones are not parameters)
     card = {

@@ -346,6 +346,13 @@ def _parses(source: str) -> bool:
     return True
 
 
+def at_docstring_end(prompt: str, body: str) -> tuple[str, str]:
+    """A ``(prompt, body)`` pair laid out as a user often types it: the prompt ends at the
+    docstring's newline instead of in the body's indentation, and the body indents itself."""
+    cut = prompt.rstrip(" ")
+    return cut, prompt[len(cut):] + body
+
+
 def function_bodies(base: str, n: int, split: str = "train", max_new_tokens: int = 128, seed: int = 0,
                     **answer_options) -> list[tuple[str, str]]:
     """Sequence-level distillation data for models with another tokenizer: ``(prompt, body)``

@@ -206,8 +206,7 @@ def distilled_pairs(tok, preset: Preset, seed: int) -> tuple[list, dict]:
     for prompt, body in bodies:
         # as laid out by the corpus (the prompt ends in the body's indentation), and as a user
         # often types it (the prompt ends at the docstring's newline, the answer indents itself)
-        cut = prompt.rstrip(" ")
-        for text, answer in ((prompt, body), (cut, prompt[len(cut):] + body)):
+        for text, answer in ((prompt, body), distill.at_docstring_end(prompt, body)):
             p = [eos] + tok.encode(text, add_special_tokens=False).ids
             a = tok.encode(answer, add_special_tokens=False).ids + [eos]
             if len(p) + len(a) <= preset.seq_len:

@@ -112,8 +112,7 @@ def answer_stream(tok, p: Preset, seed: int) -> tuple[torch.Tensor, dict]:
         # prompt and body encoded apart, as a prompt is at inference; every other one ends at
         # the docstring's newline (as a user often types it) and its body indents itself
         if i % 2:
-            cut = prompt.rstrip(" ")
-            prompt, body = cut, prompt[len(cut):] + body
+            prompt, body = distill.at_docstring_end(prompt, body)
         ids += [eos] + tok.encode(prompt, add_special_tokens=False).ids + tok.encode(body, add_special_tokens=False).ids
     ids.append(eos)
     info = {"base": p.answers_base, "requests": p.answers, "pairs": len(bodies), "tokens": len(ids),

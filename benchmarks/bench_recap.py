@@ -47,9 +47,14 @@ def configs(steps_list, base_extra, recap_options=None):
     return runs
 
 
-def run(model="digits-maskgit", per_class=20, steps_list=(8, 16, 32), base_extra=(4, 6, 10, 12),
-        seed=0, progress=True, recap_options=None, repeats=1):
-    """Run every configuration; returns ``(rows, info)``."""
+SAMPLERS = {"maskgit": {},        # leapdec's defaults: cosine schedule, temperature 0.7, choice temperature 4.5
+            "recap-script": {"schedule": "power", "temperature_start": 1.0, "temperature": 0.7,
+                             "choice_temperature": 5.5}}     # ReCAP's MaskGIT script
+
+
+def run(model="digits-maskgit", per_class=20, steps_list=(8, 16, 32), base_extra=(2, 3, 4, 6, 10, 12),
+        seed=0, progress=True, recap_options=None, repeats=1, sampler="maskgit"):
+    """Run every configuration (sampling settings ``SAMPLERS[sampler]`` for all); returns ``(rows, info)``."""
     from tqdm.auto import tqdm
 
     import leapdec.images as images
@@ -63,6 +68,7 @@ def run(model="digits-maskgit", per_class=20, steps_list=(8, 16, 32), base_extra
     roundtrip = data.pool_8x8(data.decode(data.encode(held.images)))
     info = {"images": int(labels.numel()), "seed": seed, "torch_threads": torch.get_num_threads(),
             "judge": "sklearn MLPClassifier(64), training split, 8x8 / 16",
+            "sampler": sampler, "sampler_options": SAMPLERS[sampler],
             "judge_heldout_accuracy": judge.heldout_accuracy,
             "real_heldout_roundtrip_consistency": judge.consistency(roundtrip, held.labels),
             "real_heldout_roundtrip_frechet": judge.frechet(roundtrip),
@@ -73,7 +79,7 @@ def run(model="digits-maskgit", per_class=20, steps_list=(8, 16, 32), base_extra
     for label, method, steps, opts in tqdm(runs, desc="bench_recap", disable=not progress):
         walls = []
         for _ in range(repeats):
-            out = images.sample(m, labels, method=method, steps=steps, seed=seed, **opts)
+            out = images.sample(m, labels, method=method, steps=steps, seed=seed, **SAMPLERS[sampler], **opts)
             walls.append(out.stats["wall_s"])
         st = out.stats
         rows.append({"sampler": label, "method": method, "steps": steps, "options": opts,
@@ -100,7 +106,8 @@ def matched_time(rows, r):
 
 
 def markdown(rows, info) -> str:
-    lines = [f"{info['images']} images ({info['images'] // 10} per class), seed {info['seed']}, "
+    lines = [f"{info['images']} images ({info['images'] // 10} per class), seed {info['seed']}, sampler settings "
+             f"{info.get('sampler', 'maskgit')} {info.get('sampler_options') or '(defaults)'}, "
              f"{info['torch_threads']} torch thread(s). Judge: {info['judge']} (held-out accuracy "
              f"{100 * info['judge_heldout_accuracy']:.1f} %). Real held-out digits through the 16x16 "
              f"tokens and back: consistency {100 * info['real_heldout_roundtrip_consistency']:.1f} %, "
@@ -322,7 +329,10 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="digits-maskgit", help="zoo name or checkpoint folder")
     ap.add_argument("--per-class", type=int, default=20, help="images per digit class")
     ap.add_argument("--steps", default="8,16,32")
-    ap.add_argument("--base-extra-steps", default="4,6,10,12",
+    ap.add_argument("--sampler", choices=sorted(SAMPLERS), default="maskgit",
+                    help="sampling settings of every run: leapdec's defaults (cosine schedule, temperature 0.7) "
+                         "or ReCAP's MaskGIT script (power schedule, temperature 1.0 -> 0.7, choice temperature 5.5)")
+    ap.add_argument("--base-extra-steps", default="2,3,4,6,10,12",
                     help="extra base-sampler step counts for the matched-time comparison")
     ap.add_argument("--pre-full", type=int, help="ReCAP full steps first (default steps // 4)")
     ap.add_argument("--local-steps", type=int, default=3, help="ReCAP local steps per full step")
@@ -357,7 +367,7 @@ def main(argv=None) -> int:
         recap_options["pre_full"] = args.pre_full
     t0 = time.perf_counter()
     rows, info = run(args.model, per_class, steps, extra, args.seed, not args.no_progress, recap_options,
-                     args.repeats)
+                     args.repeats, args.sampler)
     info["total_s"] = time.perf_counter() - t0
     table = markdown(rows, info)
     print(table)

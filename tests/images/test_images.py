@@ -10,7 +10,7 @@ pytest.importorskip("sklearn")
 
 from leapdec.images import data, image_config, recap_groups, sample, unmask_counts  # noqa: E402
 from leapdec.images import model as model_  # noqa: E402
-from leapdec.images.sampling import _Runner  # noqa: E402
+from leapdec.images.sampling import _Runner, sampling_temperatures  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,19 @@ def test_unmask_schedule():
         assert len(counts) == steps and sum(counts) == 256 and min(counts) >= 1
     c = unmask_counts(16)
     assert c[0] < c[-1]                       # cosine: few positions first, many last
+    p = unmask_counts(16, schedule="power")   # ReCAP's script: 1 - (t/T)^2.5 stay masked
+    assert sum(p) == 256 and min(p) >= 1 and p[-1] == math.floor(256 * (1 - (15 / 16) ** 2.5))
+    assert p[-1] > c[-1] and p[0] <= c[0]     # more back-loaded than the cosine
+    for steps in (1, 2, 7, 256):
+        p = unmask_counts(steps, schedule="power")
+        assert len(p) == steps and sum(p) == 256 and min(p) >= 1
+    with pytest.raises(ValueError, match="schedule"):
+        unmask_counts(8, schedule="linear")
+    assert sampling_temperatures(4, 0.7, None) == [0.7] * 4
+    temps = sampling_temperatures(5, 0.7, 1.0)
+    assert temps[0] == pytest.approx(1.0) and temps[-1] == pytest.approx(0.7)
+    assert all(a > b for a, b in zip(temps, temps[1:]))
+    assert sampling_temperatures(1, 0.7, 1.0) == [0.7]
     assert recap_groups(8, 2, 2) == [[0], [1], [2, 3, 4], [5, 6, 7]]
     assert recap_groups(5, 0, 0) == [[0], [1], [2], [3], [4]]
 
@@ -107,6 +120,16 @@ def test_samples_are_deterministic_for_a_seed(model, method):
     assert a.stats["wall_s"] > 0
 
 
+def test_recap_script_sampler_settings(model):
+    """ReCAP's MaskGIT script: power schedule, sampling temperature annealed 1.0 -> 0.7."""
+    opts = dict(method="recap", steps=8, seed=3, schedule="power", temperature_start=1.0, choice_temperature=5.5)
+    a, b = sample(model, [1, 5, 0], **opts), sample(model, [1, 5, 0], **opts)
+    assert torch.equal(a.tokens, b.tokens) and not (a.tokens == data.MASK_ID).any()
+    assert a.stats["schedule"] == "power" and a.stats["temperature_start"] == 1.0
+    base = sample(model, [1, 5, 0], method="recap", steps=8, seed=3)
+    assert not torch.equal(a.tokens, base.tokens)
+
+
 def test_batched_rows_match_single_rows(model):
     """Batching over labels does not change a row: with a deterministic sampler (temperature 0,
     no choice noise) each row equals the row sampled alone."""
@@ -158,6 +181,10 @@ def test_bad_method_and_options(model):
         sample(model, [1], method="llada")
     with pytest.raises(ValueError, match="pre_full"):
         sample(model, [1], method="recap", pre_full=-1)
+    with pytest.raises(ValueError, match="schedule"):
+        sample(model, [1], schedule="linear")
+    with pytest.raises(ValueError, match="temperature_start"):
+        sample(model, [1], temperature_start=-1.0)
     with pytest.raises(TypeError, match="unexpected keyword"):
         sample(model, [1], cfg=2.0)
     with pytest.raises(TypeError, match="MaskGIT"):

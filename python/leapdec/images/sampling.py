@@ -50,17 +50,38 @@ class ImageSample:
     stats: dict = field(default_factory=dict)
 
 
-def unmask_counts(steps: int, num_positions: int = N) -> list[int]:
-    """How many positions MaskGIT's cosine schedule commits at each of ``steps`` steps (each >= 1,
-    summing to ``num_positions``)."""
+SCHEDULES = ("cosine", "power")
+
+
+def unmask_counts(steps: int, num_positions: int = N, schedule: str = "cosine") -> list[int]:
+    """How many positions each of ``steps`` steps commits (each >= 1, summing to ``num_positions``).
+
+    ``"cosine"`` (MaskGIT): ``floor(n * cos(pi/2 * t/T))`` positions stay masked after step t;
+    ``"power"`` (ReCAP's MaskGIT script): ``n * (1 - (t/T)**2.5)`` stay masked, so the first steps
+    commit few positions and the last ones most."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     counts, remaining = [], num_positions
     for t in range(1, steps + 1):
-        target = math.floor(num_positions * math.cos(math.pi / 2 * t / steps))
+        if schedule == "cosine":
+            target = math.floor(num_positions * math.cos(math.pi / 2 * t / steps))
+        else:
+            target = math.floor(num_positions * (1.0 - (t / steps) ** 2.5))
         target = min(target, remaining - 1) if t < steps else 0     # at least one per step
         target = max(target, steps - t)                              # one left for each later step
         counts.append(remaining - target)
         remaining = target
     return counts
+
+
+def sampling_temperatures(steps: int, temperature: float, temperature_start: float | None) -> list[float]:
+    """The token sampling temperature of each step: ``temperature`` throughout, or (ReCAP's
+    MaskGIT script) annealed from ``temperature_start`` at the first step to ``temperature`` at
+    the last as ``end + (1 - sqrt(t / (T - 1))) * (start - end)``."""
+    if temperature_start is None or steps == 1:
+        return [temperature] * steps
+    return [temperature + (1.0 - math.sqrt(t / (steps - 1))) * (temperature_start - temperature)
+            for t in range(steps)]
 
 
 def recap_groups(steps: int, pre_full: int, local_steps: int) -> list[list[int]]:
@@ -162,20 +183,25 @@ class _Runner:
         return self.model.forward_paged(step, self.cache).view(B, G, -1)
 
 
-OPTIONS = ("temperature", "choice_temperature", "pre_full", "local_steps", "page_size")
+OPTIONS = ("temperature", "temperature_start", "choice_temperature", "schedule", "pre_full", "local_steps",
+           "page_size")
 
 
 @torch.no_grad()
 def sample(model: MaskGIT, labels, method: str = "maskgit", steps: int = 16, seed: int = 0,
            temperature: float = 0.7, choice_temperature: float = 4.5, pre_full: int | None = None,
-           local_steps: int = 3, page_size: int = 16) -> ImageSample:
+           local_steps: int = 3, page_size: int = 16, schedule: str = "cosine",
+           temperature_start: float | None = None) -> ImageSample:
     """Generate one image per label with ``method`` in ``steps`` steps (see the module doc).
 
     ``temperature``: token sampling temperature (0 = argmax; 0.7 by default: on digits-maskgit it
     gave the best Fréchet distance of 1.0 / 0.7 / 0.5 at 16 steps); ``choice_temperature``: the scale
     of the Gumbel noise on the confidences, annealed linearly to 0 over the steps (MaskGIT's 4.5).
     ReCAP: ``pre_full`` full steps first (default ``steps // 4``), then each full step is followed
-    by ``local_steps`` local steps. Deterministic for a ``seed``.
+    by ``local_steps`` local steps. ``schedule``: how many positions each step commits (``"cosine"``,
+    MaskGIT's, or ``"power"``, ReCAP's script's); ``temperature_start``: anneal the sampling
+    temperature from this value to ``temperature`` over the steps (ReCAP's script: 1.0 -> 0.7).
+    Deterministic for a ``seed``.
     """
     if not isinstance(model, MaskGIT):
         raise TypeError(f"model must be a leapdec.images MaskGIT (leapdec.images.load), got {type(model).__name__}")
@@ -190,13 +216,16 @@ def sample(model: MaskGIT, labels, method: str = "maskgit", steps: int = 16, see
             raise ValueError(f"{name} must be an int >= 0, got {v!r}")
     if not choice_temperature >= 0 or not temperature >= 0:
         raise ValueError(f"temperature and choice_temperature must be >= 0, got {temperature}, {choice_temperature}")
+    if temperature_start is not None and not temperature_start >= 0:
+        raise ValueError(f"temperature_start must be >= 0 or None, got {temperature_start}")
     start = time.perf_counter()
     dev = model.device
     gen = torch.Generator().manual_seed(int(seed))
     run = _Runner(model, labels, page_size)
     B = run.B
     tokens = torch.full((B, N), data.MASK_ID, dtype=torch.long, device=dev)
-    counts = unmask_counts(steps)
+    counts = unmask_counts(steps, schedule=schedule)
+    temps = sampling_temperatures(steps, temperature, temperature_start)
     if method == "maskgit":
         groups = [[t] for t in range(steps)]
     else:
@@ -207,7 +236,7 @@ def sample(model: MaskGIT, labels, method: str = "maskgit", steps: int = 16, see
         logits = run.full(tokens)
         full_steps += 1
         masked = tokens == data.MASK_ID
-        tok, logp = _sample_tokens(logits, temperature, gen)
+        tok, logp = _sample_tokens(logits, temps[t0], gen)
         noise = choice_temperature * (1.0 - (t0 + 1) / steps)
         conf = logp + noise * _gumbel(logp.shape, gen, dev)
         conf = conf.masked_fill(~masked, -math.inf)
@@ -220,7 +249,7 @@ def sample(model: MaskGIT, labels, method: str = "maskgit", steps: int = 16, see
             local_logits = run.local(tokens, chosen)       # the group's positions vs the cache
             local_count += 1
             nxt = chosen[:, done:done + counts[t]]
-            ltok, _ = _sample_tokens(local_logits[:, done:done + counts[t]], temperature, gen)
+            ltok, _ = _sample_tokens(local_logits[:, done:done + counts[t]], temps[t], gen)
             tokens.scatter_(1, nxt, ltok)
             done += counts[t]
     assert not (tokens == data.MASK_ID).any()
@@ -232,4 +261,5 @@ def sample(model: MaskGIT, labels, method: str = "maskgit", steps: int = 16, see
              "wall_s": time.perf_counter() - start, "images": B}
     if method == "recap":
         stats.update(pre_full=pre_full, local_steps_per_full=local_steps)
+    stats.update(schedule=schedule, temperature=temperature, temperature_start=temperature_start)
     return ImageSample(images, data.pool_8x8(images), tokens.cpu(), labels.cpu(), stats)

@@ -68,3 +68,45 @@ def test_bad_vocab_ids_name_the_argument(model):
             MedusaHeads.from_base(model, 2, 1, True, vocab_ids=bad)
     with pytest.raises(ValueError, match="vocab_ids"):
         FalconDrafter.for_base(model, 1, 2, vocab_ids=[-1])
+
+
+@pytest.mark.parametrize("shared,layers,subset", [(True, 1, True), (True, 2, False), (False, 2, True),
+                                                  (True, 1, False)])
+def test_heads_topk_matches_their_forward(model, shared, layers, subset):
+    """The inference top-k (first ResBlock of every head as one stacked linear, packed LM-head rows
+    on CPU) ranks like the training forward."""
+    heads = MedusaHeads.from_base(model, 3, layers, shared, vocab_ids=_ids(model) if subset else None)
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    for n in (1, 3, 7):
+        x = torch.randn(n, model.config.hidden_size)
+        logits = heads(x)                                                   # [n, H, V']
+        top = heads.topk(x, 4)
+        want = logits.topk(4, dim=-1).indices
+        if heads.vocab_ids is not None:
+            want = heads.vocab_ids[want]
+        # the same tokens, or (float rounding between the two paths) tokens of equal logit
+        got_logits = logits.gather(-1, heads.draft_index(top).clamp(min=0))
+        torch.testing.assert_close(got_logits, logits.topk(4, dim=-1).values, atol=1e-5, rtol=1e-5)
+        assert (top == want).float().mean() > 0.9
+
+
+def test_packed_draft_rows_follow_the_weight(model):
+    from leapdec import ops
+    from leapdec.models.vocab import packed_draft_rows
+
+    ids = _ids(model)
+    drafter = FalconDrafter.for_base(model, 1, 2, vocab_ids=ids)
+    w = model.lm_head.weight.detach().clone()
+    rows, packed = packed_draft_rows(drafter, w)
+    assert torch.equal(rows, w[ids]) and torch.equal(packed, ops.pack_linear_weight(w[ids]))
+    assert packed_draft_rows(drafter, w)[1] is packed                      # kept
+    w.mul_(2.0)                                                            # an in-place change repacks
+    rows2, packed2 = packed_draft_rows(drafter, w)
+    assert torch.equal(rows2, w[ids]) and torch.equal(packed2, ops.pack_linear_weight(w[ids]))
+    full = FalconDrafter.for_base(model, 1, 2)
+    r, p = packed_draft_rows(full, w)                                     # no subset: the weight, unpacked
+    assert r is w and p is None
+    feats = torch.randn(3, model.config.hidden_size)
+    torch.testing.assert_close(drafter.draft_logits(feats, model.lm_head), model.lm_head(feats)[:, ids])

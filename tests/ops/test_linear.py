@@ -126,11 +126,14 @@ def test_packed_layer_follows_weight_changes():
     """A ``Linear`` reads its packed copy only while the weight is the one it packed."""
     torch.manual_seed(1)
     layer = Linear(20, 9)
+    assert layer.packed_weight() is None
     layer.pack()
+    assert layer.packed_weight() is layer._packed[0]
     x = torch.randn(2, 20)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), ref.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
         layer.weight.mul_(2)                               # in place: the packed copy is stale
+        assert layer.packed_weight() is None
         torch.testing.assert_close(layer(x), ref.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
         layer.weight = torch.nn.Parameter(torch.randn(9, 20))    # replaced
         torch.testing.assert_close(layer(x), ref.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)

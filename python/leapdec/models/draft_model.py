@@ -24,7 +24,7 @@ from leapdec.models.config import ModelConfig
 from leapdec.models.linear import linear
 from leapdec.models.loading import hf_name, our_name, read_safetensors
 from leapdec.models.transformer import Transformer
-from leapdec.models.vocab import check_vocab_ids
+from leapdec.models.vocab import check_vocab_ids, packed_draft_rows
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -40,28 +40,23 @@ class SharedHead(nn.Module):
         self.weight_ref = [weight]                  # a list: not a parameter or buffer of the drafter
         self.vocab_size = weight.shape[0]
         self.register_buffer("vocab_ids", vocab_ids, persistent=False)
-        self._rows = None
 
     @property
     def weight(self) -> torch.Tensor:
         return self.weight_ref[0]
 
     def rows(self) -> torch.Tensor:
-        w = self.weight
-        if self.vocab_ids is None:
-            return w
-        if self._rows is None or self._rows.device != w.device or self._rows.dtype != w.dtype:
-            self._rows = w.detach().index_select(0, self.vocab_ids.to(w.device))
-        return self._rows
+        return packed_draft_rows(self, self.weight)[0]
 
     def _apply(self, fn, recurse=True):          # .to() / .cuda() move the referenced weight too
         self.weight_ref[0] = fn(self.weight_ref[0])
-        self._rows = None
         return super()._apply(fn, recurse)
 
     def subset_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits over the draft vocabulary only ``[..., len(vocab_ids)]`` (training)."""
-        return linear(h, self.rows())
+        """Logits over the draft vocabulary only ``[..., len(vocab_ids)]`` (training and the
+        draft steps; the packed copy serves the few-row steps on CPU)."""
+        rows, packed = packed_draft_rows(self, self.weight)
+        return linear(h, rows, None, packed)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.vocab_ids is None:

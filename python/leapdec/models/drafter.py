@@ -36,7 +36,7 @@ from leapdec.models.linear import Linear, linear
 from leapdec.models.loading import read_safetensors
 from leapdec.models.transformer import MASK_MODES, DecoderLayer, RMSNorm, StepInput
 from leapdec.models.rope import rope_cos_sin_cache
-from leapdec.models.vocab import check_vocab_ids, draft_index, gathered_rows
+from leapdec.models.vocab import check_vocab_ids, draft_index, packed_draft_rows
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -132,8 +132,8 @@ class FalconDrafter(nn.Module):
         position i is token ``vocab_ids[i]``: :meth:`token_ids` maps them back)."""
         if self.vocab_ids is None:
             return lm_head(features)
-        weight = gathered_rows(self, lm_head.weight)
-        return linear(features, weight)
+        weight, packed = packed_draft_rows(self, lm_head.weight)
+        return linear(features, weight, None, packed)
 
     def token_ids(self, draft_positions: torch.Tensor) -> torch.Tensor:
         """Token ids of positions in :meth:`draft_logits`' last dimension."""

@@ -34,9 +34,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from leapdec import ops
 from leapdec.models.linear import Linear, linear
 from leapdec.models.loading import read_safetensors
-from leapdec.models.vocab import check_vocab_ids as _check_vocab_ids, draft_index, gathered_rows
+from leapdec.models.vocab import check_vocab_ids as _check_vocab_ids, draft_index, packed_draft_rows
 
 WEIGHTS_FILE = "medusa_heads.safetensors"
 CONFIG_FILE = "config.json"
@@ -94,7 +95,7 @@ class MedusaHeads(nn.Module):
             for _ in range(num_heads))
         self.meta = dict(meta or {})
         self._stacked, self._stacked_key = None, None
-        self._lm_head: tuple = ()            # (weight,) of the base's LM head when shared (not a parameter)
+        self._lm_head: tuple = ()            # (weight, packed or None) of the base's LM head when shared
 
     @property
     def reduced_vocab(self) -> bool:
@@ -104,7 +105,10 @@ class MedusaHeads(nn.Module):
         """Bind shared-LM-head heads to ``model``'s LM head (no-op for heads with their own)."""
         if self.shared_lm_head:
             self.check_base(model)
-            self._lm_head = (gathered_rows(self, model.lm_head.weight),)   # the subset's rows, kept
+            rows, packed = packed_draft_rows(self, model.lm_head.weight)     # the subset's rows, kept
+            if packed is None and self.vocab_ids is None and isinstance(model.lm_head, Linear):
+                packed = model.lm_head.packed_weight()                       # the base's own, if packed
+            self._lm_head = (rows, packed)
         return self
 
     def draft_index(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -113,10 +117,14 @@ class MedusaHeads(nn.Module):
         return draft_index(self, tokens)
 
     def _shared_weight(self) -> torch.Tensor:
+        return self._shared()[0]
+
+    def _shared(self) -> tuple:
+        """(the shared LM head's rows, their packed copy or None)."""
         if not self._lm_head:
             raise RuntimeError("these Medusa heads share the base model's LM head: call heads.attach(model) "
                                "first (generate(..., method='medusa') does it)")
-        return self._lm_head[0]
+        return self._lm_head
 
     def _trunk(self, head: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         """The head's ResBlocks applied to ``x`` (slicing a Sequential would build a module)."""
@@ -172,17 +180,23 @@ class MedusaHeads(nn.Module):
             self._stacked_key = key
         return self._stacked
 
-    def _stacked_resblocks(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per ResBlock layer, the heads' weights as ``[H, h, h]`` (transposed) and biases
-        ``[H, 1, h]`` for one batched matmul (rebuilt when a weight changes)."""
+    def _stacked_resblocks(self) -> tuple[tuple, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The heads' ResBlock weights for inference, rebuilt when a weight changes. The first
+        layer, which every head applies to the same hidden state, as ONE linear: weight
+        ``[H * h, h]`` (head j's rows at ``j * h``), bias ``[H * h]`` and, on CPU, its packed copy
+        (4 heads of SmolLM2: one 1.3 MB stream instead of a batched matmul). Each later layer as
+        ``[H, h, h]`` (transposed) and biases ``[H, 1, h]`` for one batched matmul."""
         blocks = [[head[i].linear for head in self.heads] for i in range(self.num_layers)]
         key = tuple((m.weight.data_ptr(), m.weight._version, m.bias.data_ptr(), m.bias._version)
                     for layer in blocks for m in layer)
         if key != getattr(self, "_blocks_key", None):
-            self._blocks = [(torch.stack([m.weight.detach() for m in layer]).transpose(1, 2).contiguous(),
-                             torch.stack([m.bias.detach() for m in layer])[:, None, :].contiguous())
-                            for layer in blocks]
-            self._blocks_key = key
+            w1 = torch.cat([m.weight.detach() for m in blocks[0]]).contiguous()
+            b1 = torch.cat([m.bias.detach() for m in blocks[0]]).contiguous()
+            first = (w1, b1, ops.pack_linear_weight(w1) if w1.is_cpu else None)
+            rest = [(torch.stack([m.weight.detach() for m in layer]).transpose(1, 2).contiguous(),
+                     torch.stack([m.bias.detach() for m in layer])[:, None, :].contiguous())
+                    for layer in blocks[1:]]
+            self._blocks, self._blocks_key = (first, rest), key
         return self._blocks
 
     @torch.no_grad()
@@ -192,11 +206,15 @@ class MedusaHeads(nn.Module):
             raise ValueError(f"k must be in [1, {self.draft_vocab_size}], got {k}")
         if hidden.dim() != 2 or hidden.shape[-1] != self.hidden_size:
             raise ValueError(f"hidden must be [N, {self.hidden_size}], got shape {tuple(hidden.shape)}")
-        x = hidden.unsqueeze(0).expand(self.num_heads, -1, -1)                  # [H, N, h]
-        for w, b in self._stacked_resblocks():                                   # every head at once
+        H, (n, h) = self.num_heads, hidden.shape
+        (w1, b1, packed1), rest = self._stacked_resblocks()
+        y = linear(hidden, w1, b1, packed1).view(n, H, h).transpose(0, 1)       # every head at once
+        x = hidden.unsqueeze(0) + F.silu(y)                                      # [H, N, h]
+        for w, b in rest:
             x = x + F.silu(torch.baddbmm(b, x, w))
-        if self.shared_lm_head:                                                  # one GEMM, all heads
-            logits = linear(x, self._shared_weight())                            # [H, N, V]
+        if self.shared_lm_head:                                                  # one linear, all heads
+            weight, packed = self._shared()
+            logits = linear(x.reshape(H * n, h), weight, None, packed).view(H, n, -1)   # [H, N, V]
         else:
             logits = torch.bmm(x, self._stacked_output())                        # [H, N, V]
         top = logits.topk(k, dim=-1).indices.transpose(0, 1)

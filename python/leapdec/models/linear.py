@@ -75,9 +75,13 @@ class Linear(nn.Linear):
         w = self.weight
         self._packed = (ops.pack_linear_weight(w), weight_key(w))
 
+    def packed_weight(self) -> torch.Tensor | None:
+        """The packed copy of the current weight, or None (never packed, or the weight changed)."""
+        packed = self._packed
+        return packed[0] if packed is not None and packed[1] == weight_key(self.weight) else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, packed = self.weight, self._packed
-        packed = packed[0] if packed is not None and packed[1] == weight_key(w) else None
+        w, packed = self.weight, self.packed_weight()
         if _decode_step_cpu(x):                        # the op called directly: ~5 us of Python, not ~20
             out = torch.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
             _LINEAR(out, x, w if packed is None else packed, self.bias)

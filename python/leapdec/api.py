@@ -23,6 +23,12 @@ def _gguf_source(name_or_path):
     return None
 
 
+# Linear weights up to this many bytes are also kept packed on CPU by default (the copy is cheap
+# there; larger models opt in with weight_dtype). stdlib-ar (10 MB): AR 1.11 -> 0.74 ms per step,
+# a 5-node Medusa step 3.25 -> 2.24 ms, 1 thread.
+PACK_BY_DEFAULT_BYTES = 64 << 20
+
+
 def load_model(name_or_path, device="cpu", dtype=None, weight_dtype=None) -> Transformer:
     """A ``Transformer`` from a zoo name (``"stdlib-ar"``, ``"smollm2-135m-instruct"``), a Hugging
     Face checkpoint directory or a GGUF file (Llama / Qwen2 / Qwen3; dequantized).
@@ -32,7 +38,10 @@ def load_model(name_or_path, device="cpu", dtype=None, weight_dtype=None) -> Tra
     torch.float16 (or their names). ``weight_dtype`` (e.g. ``"bfloat16"``): store the linear
     layers' weights (LM head included) in that dtype while activations, embeddings and the KV
     cache keep ``dtype``; a CPU decode step then reads half the bytes
-    (``leapdec.models.linear.stream_weights``). Load companions after this.
+    (``leapdec.models.linear.stream_weights``), from a packed copy (the weights in the order the
+    few-row kernel reads them; ``weight_dtype`` equal to ``dtype`` packs without converting). A
+    CPU model whose linear weights take at most ``PACK_BY_DEFAULT_BYTES`` (64 MiB: the zoo's small
+    models) gets the packed copy by default. Load companions after this.
     """
     source = _gguf_source(name_or_path)
     if source is not None:
@@ -43,11 +52,14 @@ def load_model(name_or_path, device="cpu", dtype=None, weight_dtype=None) -> Tra
         path = zoo.resolve(name_or_path)
         _refuse_image_models(path)
         model = load_checkpoint(path, device=device, dtype=dtype)
+    from leapdec.models.linear import linear_weight_bytes, stream_weights
+
     if weight_dtype is not None:
-        from leapdec.models.linear import stream_weights
         from leapdec.models.loading import resolve_dtype
 
         stream_weights(model, resolve_dtype(weight_dtype, model.dtype, model.device))
+    elif model.device.type == "cpu" and linear_weight_bytes(model) <= PACK_BY_DEFAULT_BYTES:
+        stream_weights(model, model.dtype)
     return model
 
 

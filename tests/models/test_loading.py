@@ -86,6 +86,27 @@ def test_dtype_option(hf_tiny):
         load_checkpoint(path, dtype="int8")
 
 
+def test_small_cpu_models_load_packed(hf_tiny, monkeypatch):
+    """load_model keeps a packed copy of a small CPU model's linear weights (the few-row decode
+    path reads it); above PACK_BY_DEFAULT_BYTES only when weight_dtype asks; outputs agree."""
+    import leapdec.api as api
+    from leapdec.decoding import generate
+
+    path, _ = hf_tiny("llama", tie_word_embeddings=True)
+    packed = load_model(path)
+    assert packed.lm_head.packed_weight() is not None
+    assert packed.lm_head.weight is packed.embed_tokens.weight        # float32: still tied
+    monkeypatch.setattr(api, "PACK_BY_DEFAULT_BYTES", 0)
+    plain = load_model(path)
+    assert plain.lm_head.packed_weight() is None
+    assert load_model(path, weight_dtype="float32").lm_head.packed_weight() is not None
+    with torch.no_grad():
+        torch.testing.assert_close(packed.logits(IDS), plain.logits(IDS))
+    prompts = [IDS[0].tolist()[:5], IDS[0].tolist()[:3]]
+    assert generate(packed, prompts, method="ar", max_new_tokens=12).tokens == \
+        generate(plain, prompts, method="ar", max_new_tokens=12).tokens
+
+
 @pytest.mark.parametrize("arch, extra", [("llama", {"tie_word_embeddings": True}),
                                          ("qwen2", {}), ("qwen3", {"causal": False, "mask_token_id": 127})])
 def test_save_checkpoint_round_trip_readable_by_transformers(tmp_path, arch, extra):

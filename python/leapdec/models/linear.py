@@ -141,6 +141,11 @@ class FusedLinears:
         return y
 
 
+def linear_weight_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s linear weights (what a decode step streams)."""
+    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, nn.Linear))
+
+
 def stream_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16, pack: bool = True) -> nn.Module:
     """Store ``model``'s linear weights (LM head included) in ``dtype`` while activations, norms,
     embeddings and the KV cache keep their dtype: half the bytes a decode step reads with 16-bit

@@ -89,14 +89,14 @@ def test_dtype_option(hf_tiny):
 def test_small_cpu_models_load_packed(hf_tiny, monkeypatch):
     """load_model keeps a packed copy of a small CPU model's linear weights (the few-row decode
     path reads it); above PACK_BY_DEFAULT_BYTES only when weight_dtype asks; outputs agree."""
-    import leapdec.api as api
+    import leapdec.models.linear as linear_mod
     from leapdec.decoding import generate
 
     path, _ = hf_tiny("llama", tie_word_embeddings=True)
     packed = load_model(path)
     assert packed.lm_head.packed_weight() is not None
     assert packed.lm_head.weight is packed.embed_tokens.weight        # float32: still tied
-    monkeypatch.setattr(api, "PACK_BY_DEFAULT_BYTES", 0)
+    monkeypatch.setattr(linear_mod, "PACK_BY_DEFAULT_BYTES", 0)
     plain = load_model(path)
     assert plain.lm_head.packed_weight() is None
     assert load_model(path, weight_dtype="float32").lm_head.packed_weight() is not None
@@ -209,3 +209,23 @@ def test_unreadable_companion_weights_name_the_file(tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ValueError, match=r"drafter/model\.safetensors is not a readable safetensors"):
         FalconDrafter.load(drafter)
+
+
+def test_small_cpu_companions_load_packed(tmp_path):
+    """The companions' loader packs a small CPU companion (the Falcon drafter's layers) and the
+    output stays identical to greedy AR."""
+    from leapdec.decoding import generate
+    from leapdec.engine import companions
+    from leapdec.models.drafter import FalconDrafter
+    from leapdec.models.linear import Linear
+    from leapdec.models.testing import tiny_model
+
+    model = tiny_model(seed=0).eval()
+    FalconDrafter.for_base(model, num_layers=1, block_size=2).save(tmp_path / "falcon")
+    companions.clear()
+    out = generate(model, [[5, 6, 7, 8]], method="falcon", drafter=str(tmp_path / "falcon"), max_new_tokens=16)
+    loaded = next(v for k, v in companions._CACHE.items() if k[0] == "falcon")
+    layers = [m for m in loaded.modules() if isinstance(m, Linear)]
+    assert layers and all(m.packed_weight() is not None for m in layers)
+    assert out.tokens == generate(model, [[5, 6, 7, 8]], method="ar", max_new_tokens=16).tokens
+    companions.clear()

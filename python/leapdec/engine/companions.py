@@ -4,7 +4,8 @@ drafter, a Learn2PD filter, ReDiff-refined weights.
 A companion is found as ``given`` (an object already loaded, or a folder / file path) or as the
 ``<kind>/`` folder beside the model's checkpoint (``zoo.companion_dir``). Loaded companions are
 kept per (file, modification time, device, dtype), at most ``MAX_CACHED`` of them, so repeated
-``generate`` calls do not reload them.
+``generate`` calls do not reload them. A small CPU companion is loaded packed
+(``models.linear.pack_if_small``), as ``load_model`` loads a small model.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from leapdec import zoo
+from leapdec.models.linear import pack_if_small
 
 MAX_CACHED = 16
 _CACHE: dict = {}
@@ -54,6 +56,7 @@ def load_companion(model, kind: str, given, *, loaded_type: type, load: Callable
         obj = _CACHE.get(key)
         if obj is None:
             obj = load(folder)
+            pack_if_small(obj)          # a small CPU companion's few-row steps read packed weights
             if len(_CACHE) >= MAX_CACHED:
                 _CACHE.pop(next(iter(_CACHE)))
             _CACHE[key] = obj

@@ -141,18 +141,48 @@ class FusedLinears:
         return y
 
 
+# Linear weights up to this many bytes also keep a packed copy on CPU by default (load_model and
+# the companions' loader): the copy is cheap there, and larger models opt in with weight_dtype.
+PACK_BY_DEFAULT_BYTES = 64 << 20
+
+
 def linear_weight_bytes(model: nn.Module) -> int:
     """Bytes of ``model``'s linear weights (what a decode step streams)."""
     return sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, nn.Linear))
 
 
+def pack_linears(model: nn.Module) -> nn.Module:
+    """Keep each CPU ``Linear``'s weight packed for the few-row steps (sequential reads; the plain
+    copy stays for prefill and training) and fuse the layers that read the same input (q/k/v,
+    gate/up) into one packed weight (``fuse_projections``). In place; returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, Linear) and module.weight.device.type == "cpu":
+            module.pack()
+    for module in model.modules():
+        fuse = getattr(module, "fuse_projections", None)
+        if fuse is not None and all(p.is_cpu for p in module.parameters()):
+            fuse()
+    return model
+
+
+def pack_if_small(model) -> bool:
+    """:func:`pack_linears` for a CPU module whose linear weights take at most
+    ``PACK_BY_DEFAULT_BYTES``; whether it did."""
+    if not isinstance(model, nn.Module):
+        return False
+    params = list(model.parameters())
+    if not params or not all(p.is_cpu for p in params) or linear_weight_bytes(model) > PACK_BY_DEFAULT_BYTES:
+        return False
+    pack_linears(model)
+    return True
+
+
 def stream_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16, pack: bool = True) -> nn.Module:
     """Store ``model``'s linear weights (LM head included) in ``dtype`` while activations, norms,
     embeddings and the KV cache keep their dtype: half the bytes a decode step reads with 16-bit
-    weights. A tied LM head gets its own copy (the embedding stays as it was). ``pack``: also keep
-    each weight packed for the few-row CPU steps (sequential reads; the plain copy stays for
-    prefill), and the layers that read the same input (q/k/v, gate/up) fused into one packed
-    weight (``fuse_projections``). In place; returns ``model``."""
+    weights. A tied LM head gets its own copy (the embedding stays as it was). ``pack``: also
+    :func:`pack_linears` (packed copies for the few-row CPU steps, q/k/v and gate/up fused). In
+    place; returns ``model``."""
     if dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise ValueError(f"dtype must be torch.bfloat16, torch.float16 or torch.float32, got {dtype}")
     for module in model.modules():
@@ -161,11 +191,4 @@ def stream_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16, pack: 
                 p = getattr(module, name)
                 if p is not None and p.dtype != dtype:
                     setattr(module, name, nn.Parameter(p.detach().to(dtype), requires_grad=False))
-            if pack and isinstance(module, Linear) and module.weight.device.type == "cpu":
-                module.pack()
-    if pack:
-        for module in model.modules():
-            fuse = getattr(module, "fuse_projections", None)
-            if fuse is not None and all(p.is_cpu for p in module.parameters()):
-                fuse()
-    return model
+    return pack_linears(model) if pack else model

@@ -121,12 +121,16 @@ LEAPDEC_SIMD_INLINE void linear_rows(const float* x, const T* w, float* y, int64
   }
 }
 
-// The kernel for one ISA: one x row uses W weight rows per tile, more use kRows.
+// The kernel for one ISA: one x row uses W weight rows per tile, two x rows W / 2 (AVX-512:
+// not padded to a 4-row tile, whose dead half cost a 4096 x 192 float32 LM head 1.8x its one-row
+// time for two rows), more use kRows.
 template <int W, typename T>
 LEAPDEC_SIMD_INLINE void linear_rows_any(const float* x, const T* w, float* y, int64_t mp,
                                          int64_t n, int64_t k, int64_t n0, int64_t n1) {
   if (mp == 1) {
     linear_rows<W, W>(x, w, y, mp, n, k, n0, n1);
+  } else if (mp == 2 && W / 2 > kRows) {
+    linear_rows<W, W / 2>(x, w, y, mp, n, k, n0, n1);
   } else {
     linear_rows<W, kRows>(x, w, y, mp, n, k, n0, n1);
   }
@@ -366,10 +370,10 @@ void linear_cpu(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
   const int64_t m = x.size(0), k = x.size(1);
   if (m == 0 || n == 0) return;
   const bool packed = weight.dim() == 4;
-  // x as float32 rows padded to a whole number of tiles (zeros), y as float32 [Mp, N]. One row
-  // and packed weights run untiled over x.
+  // x as float32 rows padded to a whole number of tiles (zeros), y as float32 [Mp, N]. One or
+  // two rows and packed weights run untiled over x (linear_rows_any has a tile for two rows).
   const int64_t mt = x_rows_per_tile(weight.scalar_type());
-  const int64_t mp = (m == 1 || packed) ? m : (m + mt - 1) / mt * mt;
+  const int64_t mp = (m <= 2 || packed) ? m : (m + mt - 1) / mt * mt;
   const bool direct_x = x.scalar_type() == at::kFloat && mp == m;
   const bool direct_y = out.scalar_type() == at::kFloat && mp == m;
   std::vector<float> xbuf(direct_x ? 0 : mp * k, 0.0f), ybuf(direct_y ? 0 : mp * n);

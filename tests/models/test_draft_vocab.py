@@ -110,3 +110,20 @@ def test_packed_draft_rows_follow_the_weight(model):
     assert r is w and p is None
     feats = torch.randn(3, model.config.hidden_size)
     torch.testing.assert_close(drafter.draft_logits(feats, model.lm_head), model.lm_head(feats)[:, ids])
+
+
+def test_shared_heads_follow_the_base_heads_packed_copy(model):
+    """Full-vocabulary shared heads read the base LM head's packed copy only while it is current."""
+    import copy
+
+    from leapdec.models.linear import pack_linears
+
+    base = pack_linears(copy.deepcopy(model))
+    heads = MedusaHeads.from_base(base, 2, 1, True)
+    assert heads._shared()[1] is base.lm_head.packed_weight() is not None
+    x = torch.randn(3, model.config.hidden_size)
+    assert torch.equal(heads.topk(x, 3), heads(x).topk(3, dim=-1).indices)
+    with torch.no_grad():
+        base.lm_head.weight.mul_(-1.0)                   # in place: the packed copy is stale now
+    assert heads._shared()[1] is None
+    assert torch.equal(heads.topk(x, 3), heads(x).topk(3, dim=-1).indices)

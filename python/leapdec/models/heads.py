@@ -95,7 +95,7 @@ class MedusaHeads(nn.Module):
             for _ in range(num_heads))
         self.meta = dict(meta or {})
         self._stacked, self._stacked_key = None, None
-        self._lm_head: tuple = ()            # (weight, packed or None) of the base's LM head when shared
+        self._lm_head: tuple = ()            # (rows, packed rows, base Linear) of the LM head when shared
 
     @property
     def reduced_vocab(self) -> bool:
@@ -106,9 +106,9 @@ class MedusaHeads(nn.Module):
         if self.shared_lm_head:
             self.check_base(model)
             rows, packed = packed_draft_rows(self, model.lm_head.weight)     # the subset's rows, kept
-            if packed is None and self.vocab_ids is None and isinstance(model.lm_head, Linear):
-                packed = model.lm_head.packed_weight()                       # the base's own, if packed
-            self._lm_head = (rows, packed)
+            # the full LM head: the base layer's own packed copy, looked up at each use (fresh)
+            base = model.lm_head if self.vocab_ids is None and isinstance(model.lm_head, Linear) else None
+            self._lm_head = (rows, packed, base)
         return self
 
     def draft_index(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,8 @@ class MedusaHeads(nn.Module):
         if not self._lm_head:
             raise RuntimeError("these Medusa heads share the base model's LM head: call heads.attach(model) "
                                "first (generate(..., method='medusa') does it)")
-        return self._lm_head
+        rows, packed, base = self._lm_head
+        return rows, (base.packed_weight() if base is not None else packed)
 
     def _trunk(self, head: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         """The head's ResBlocks applied to ``x`` (slicing a Sequential would build a module)."""

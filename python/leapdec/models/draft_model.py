@@ -45,9 +45,6 @@ class SharedHead(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.weight_ref[0]
 
-    def rows(self) -> torch.Tensor:
-        return packed_draft_rows(self, self.weight)[0]
-
     def _apply(self, fn, recurse=True):          # .to() / .cuda() move the referenced weight too
         self.weight_ref[0] = fn(self.weight_ref[0])
         return super()._apply(fn, recurse)

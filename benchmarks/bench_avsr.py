@@ -3,13 +3,14 @@ seen in training): audio / video / AV streams x clean / 10 / 0 / -5 dB speech-sh
 decoding method, for the pretrained zoo model and its no-pretraining ablation.
 
     python benchmarks/bench_avsr.py [--models espeak-avsr espeak-avsr-nopretrain] [--utterances 100]
-        [--methods ctc_greedy ctc_prefix attention ctc_attention] [--beam 10] [--ctc-weight 0.3] [--penalty 0]
-        [--json rows.json] [--markdown table.md]
+        [--first 0] [--methods ctc_greedy ctc_prefix attention ctc_attention] [--beam 10] [--ctc-weight 0.3]
+        [--penalty 0] [--json rows.json] [--markdown table.md]
 
-Utterance i is held-out sentence i synthesised with the seed the recipe used for its held-out set
-(``leapdec.train.avsr.heldout_seed``); noise at each SNR is drawn with seed i, so every model,
-method and stream sees the same signals. Video does not depend on the SNR, so video-only rows are
-decoded once and shown under "clean".
+Utterance i is held-out sentence i (counted from ``--first``: sentences 100-199 serve as the
+development set for choosing ``--ctc-weight``, the default first 100 as the test set) synthesised
+with the seed the recipe used for its held-out set (``leapdec.train.avsr.heldout_seed``); noise at
+each SNR is drawn with seed i, so every model, method and stream sees the same signals. Video does
+not depend on the SNR, so video-only rows are decoded once and shown under "clean".
 """
 
 from __future__ import annotations
@@ -35,9 +36,12 @@ SNRS = ("clean", "10", "0", "-5")
 MODALITIES = ("av", "audio", "video")
 
 
-def heldout_utterances(n: int) -> list:
+def heldout_utterances(n: int, first: int = 0) -> list:
     held = data.sentence_splits()["heldout"]
-    return [data.synthesize(held[i], seed=heldout_seed(i)) for i in tqdm(range(n), desc="held-out utterances")]
+    if first < 0 or first + n > len(held):
+        raise ValueError(f"--first {first} + --utterances {n} exceeds the {len(held)} held-out sentences")
+    return [data.synthesize(held[i], seed=heldout_seed(i))
+            for i in tqdm(range(first, first + n), desc="held-out utterances")]
 
 
 def with_noise(utts, snr: str) -> list:
@@ -80,6 +84,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["espeak-avsr", "espeak-avsr-nopretrain"])
     parser.add_argument("--utterances", type=int, default=100)
+    parser.add_argument("--first", type=int, default=0,
+                        help="first held-out sentence (e.g. 100: a development set disjoint from the default "
+                             "test set, for tuning ctc_weight)")
     parser.add_argument("--methods", nargs="+", default=["ctc_greedy", "ctc_prefix", "attention", "ctc_attention"],
                         choices=list(speech.METHODS))
     parser.add_argument("--snrs", nargs="+", default=list(SNRS), choices=list(SNRS))
@@ -96,7 +103,7 @@ def main(argv=None) -> int:
     if not data.espeak_available():
         parser.error(f"espeak-ng is not installed: {data.INSTALL_HINT}")
     start = time.perf_counter()
-    utts = heldout_utterances(args.utterances)
+    utts = heldout_utterances(args.utterances, args.first)
     noisy = {snr: with_noise(utts, snr) for snr in args.snrs}
     rows = []
     jobs = [(name, method, modality, snr) for name in args.models for method in args.methods
@@ -114,7 +121,7 @@ def main(argv=None) -> int:
         commit = ""
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.processor() or platform.machine(), "threads": args.threads, "commit": commit,
-            "utterances": args.utterances, "beam": args.beam, "ctc_weight": args.ctc_weight, "penalty": args.penalty,
+            "utterances": args.utterances, "first": args.first, "beam": args.beam, "ctc_weight": args.ctc_weight, "penalty": args.penalty,
             "wall_s": time.perf_counter() - start}
     table = markdown(rows, args.models, args.methods)
     print(table)

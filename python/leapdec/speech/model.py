@@ -5,7 +5,8 @@ small Transformer attention decoder over characters.
   stride-2 convolutions (25 frames/s) and a Transformer encoder;
 * video: a frame CNN over each 24x24 mouth frame (25 frames/s) and a Transformer encoder;
 * fusion: the two 25 Hz streams, aligned frame by frame, concatenated and projected, then a shared
-  Transformer encoder. A missing modality (``modality="audio"`` / ``"video"``, or modality dropout
+  Transformer encoder. With ``conv_kernel > 0`` every encoder layer also has Conformer's
+  convolution module (pointwise GLU, depthwise over time, pointwise) after its self-attention. A missing modality (``modality="audio"`` / ``"video"``, or modality dropout
   in training) is replaced by a learned "absent" vector;
 * CTC head over the characters, and an attention decoder (causal self-attention, cross-attention
   to the encoder) trained with teacher forcing (``decoder_forward``, SDPA) and run step by step
@@ -89,6 +90,7 @@ class AVSRConfig:
     hop: int = 160
     conv_channels: int = 16
     video_channels: int = 8
+    conv_kernel: int = 0            # > 0: a Conformer convolution module of this kernel in each encoder layer
     frame_size: int = data.FRAME_SIZE
     max_text_len: int = 256
     dropout: float = 0.1
@@ -142,17 +144,41 @@ class MultiHeadAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(x.shape))
 
 
+class ConvModule(nn.Module):
+    """Conformer's convolution module: pointwise (GLU) -> depthwise over time -> norm -> SiLU ->
+    pointwise; ``x [B, T, d]``, padded frames (``mask [B, T]`` False) are zeroed before the depthwise conv."""
+
+    def __init__(self, d: int, kernel: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.pointwise_in = nn.Linear(d, 2 * d)
+        self.depthwise = nn.Conv1d(d, d, kernel, padding=kernel // 2, groups=d)
+        self.mid_norm = nn.LayerNorm(d)
+        self.pointwise_out = nn.Linear(d, d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, mask):
+        y = F.glu(self.pointwise_in(self.norm(x)), dim=-1)
+        if mask is not None:
+            y = y.masked_fill(~mask[..., None], 0.0)
+        y = self.depthwise(y.transpose(1, 2)).transpose(1, 2)
+        return self.drop(self.pointwise_out(F.silu(self.mid_norm(y))))
+
+
 class EncoderLayer(nn.Module):
     def __init__(self, cfg: AVSRConfig):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout)
+        self.conv = ConvModule(cfg.d_model, cfg.conv_kernel, cfg.dropout) if cfg.conv_kernel > 0 else None
         self.ffn = nn.Sequential(nn.Linear(cfg.d_model, cfg.ffn), nn.GELU(), nn.Dropout(cfg.dropout),
                                  nn.Linear(cfg.ffn, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, mask):
         x = x + self.drop(self.attn(self.norm1(x), key_mask=mask))
+        if self.conv is not None:
+            x = x + self.conv(x, mask)
         return x + self.drop(self.ffn(self.norm2(x)))
 
 

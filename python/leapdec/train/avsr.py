@@ -52,18 +52,19 @@ class Preset:
     video_layers: int = 2
     fusion_layers: int = 2
     decoder_layers: int = 2
+    conv_kernel: int = 15         # Conformer convolution module in each encoder layer (0: none)
     labelled: int = 3000          # labelled training utterances
     unlabelled: int = 3000        # extra unlabelled utterances (pretraining only)
     heldout: int = 100            # held-out utterances scored at the end
     batch_size: int = 16
-    lr: float = 1.5e-3
-    warmup: int = 100
+    lr: float = 3e-3
+    warmup: int = 200
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
-    audio_pretrain_steps: int = 350
-    video_pretrain_steps: int = 250
-    finetune_steps: int = 800
+    audio_pretrain_steps: int = 800
+    video_pretrain_steps: int = 500
+    finetune_steps: int = 5000
     noise_prob: float = 0.75
     snr_range: tuple = (-5.0, 20.0)
     modality_probs: tuple = (0.5, 0.25, 0.25)    # av, audio only, video only
@@ -397,7 +398,7 @@ def train_avsr(out, preset_name: str = "default", pretrain_stages: bool = True, 
     torch.manual_seed(seed)
     config = model_.AVSRConfig(d_model=preset.d_model, ffn=preset.ffn, audio_layers=preset.audio_layers,
                                video_layers=preset.video_layers, fusion_layers=preset.fusion_layers,
-                               decoder_layers=preset.decoder_layers,
+                               decoder_layers=preset.decoder_layers, conv_kernel=preset.conv_kernel,
                                num_heads=4 if preset.d_model % 4 == 0 else 1,
                                decoder_heads=max(1, preset.d_model // 64))
     model = model_.AVSRModel(config).to(device)

@@ -152,8 +152,9 @@ def test_recipe_tiny_preset(tmp_path, monkeypatch):
 
 @pytest.mark.skipif("espeak-avsr" not in zoo.available(), reason="espeak-avsr is not in the zoo")
 def test_zoo_model_transcribes_a_heldout_sentence():
-    """Greedy CTC on four clean held-out sentences. The shipped model (a 27-minute CPU budget)
-    reaches about 37-40 % CER here (its card and benchmarks/RESULTS.md); an untrained one ~100 %."""
+    """Greedy CTC on four clean held-out sentences. The shipped model (a 43-minute CPU budget)
+    reaches about 10 % CER here (its card and benchmarks/RESULTS.md), the earlier 800-step one
+    37-40 %, an untrained one ~100 %."""
     from leapdec.train.avsr import heldout_seed
 
     model = model_.load(zoo.resolve("espeak-avsr"))
@@ -163,4 +164,4 @@ def test_zoo_model_transcribes_a_heldout_sentence():
     with torch.no_grad():
         enc = model.encode(audio, audio_lens, video, video_lens)
         hyps = [model_.ids_to_text(h) for h in model_.ctc_greedy_ids(model.ctc_log_probs(enc), enc.lengths)]
-    assert char_error_rate([u.text for u in utts], hyps) < 0.5, list(zip([u.text for u in utts], hyps))
+    assert char_error_rate([u.text for u in utts], hyps) < 0.25, list(zip([u.text for u in utts], hyps))

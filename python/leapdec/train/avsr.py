@@ -1,7 +1,11 @@
 """Recipe ``avsr``: the audio-visual speech recogniser of ``leapdec.speech`` on synthetic
 espeak-ng speech with rendered mouth video.
 
-    python -m leapdec.train avsr --out DIR [--no-pretrain] [--finetune-steps N] [--threads 1]
+    python -m leapdec.train avsr --out DIR [--preset default|low-label] [--no-pretrain] [--finetune-steps N]
+        [--threads 1]
+
+``low-label`` (500 labelled utterances, 1,500 fine-tuning steps) is the low-resource regime in
+which the pretraining ablation is also measured (``benchmarks/RESULTS.md``).
 
 1. Data: utterances of training sentences (``leapdec.speech.sentence_splits``) are synthesised
    once into the cache (``leapdec.train.corpus.cache_dir()``): a labelled set and an unlabelled
@@ -73,6 +77,8 @@ class Preset:
 
 PRESETS = {
     "default": Preset(),
+    # the low-resource regime of the pretraining ablation: 500 labelled utterances (~16 min of speech)
+    "low-label": Preset(labelled=500, finetune_steps=1500),
     "tiny": Preset(d_model=32, ffn=64, audio_layers=1, video_layers=1, fusion_layers=1, decoder_layers=1,
                    labelled=12, unlabelled=8, heldout=4, batch_size=4, warmup=2, audio_pretrain_steps=3,
                    video_pretrain_steps=3, finetune_steps=4, eval_every=2),

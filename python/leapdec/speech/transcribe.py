@@ -33,8 +33,10 @@ def transcribe(model, utterances, method: str = "ctc_attention", modality: str =
     """Texts of ``utterances`` (``leapdec.speech.Utterance`` objects, or one) decoded by
     ``method`` (one of :data:`METHODS`) from the ``modality`` streams ("av", "audio", "video").
     ``ctc_weight`` is the joint search's lambda (forced to 0 for "attention" and 1 for
-    "ctc_prefix"); ``penalty`` is ESPnet's length bonus per character. ``stats``: wall_s,
-    encode_s, search_s (decoder_s and ctc_s within it), steps, frames and the options."""
+    "ctc_prefix"); ``penalty`` is ESPnet's length bonus per character (0 as in ESPnet; attention
+    alone wants one, or it may prefer a short or empty hypothesis: 0.25 suits ``espeak-avsr``,
+    benchmarks/RESULTS.md). ``stats``: wall_s, encode_s, search_s (decoder_s and ctc_s within it),
+    steps, frames and the options."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "ctc_attention" and not 0.0 < ctc_weight < 1.0:

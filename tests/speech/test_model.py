@@ -72,6 +72,23 @@ def test_encode_shapes(tiny, utts, modality):
     assert torch.allclose(lp.exp().sum(-1), torch.ones(lp.shape[:2]), atol=1e-5)
 
 
+@pytest.mark.parametrize("conv_kernel", [0, 5])
+@pytest.mark.parametrize("modality", ["av", "audio", "video"])
+def test_padded_batch_encodes_each_utterance_as_alone(utts, modality, conv_kernel):
+    """Padding never leaks into valid frames: the STFT pads each utterance at its own end, the
+    convolutions over time see zeros past it, a stream shorter than the other is zeroed."""
+    torch.manual_seed(1)
+    model = model_.AVSRModel(model_.AVSRConfig(**{**TINY.__dict__, "conv_kernel": conv_kernel})).eval()
+    longer = utts + [data.synthesize("a much longer sentence than the others", seed=3)]
+    with torch.no_grad():
+        batch = model.encode(*model_.batch_utterances(longer, modality), modality=modality)
+        for i, u in enumerate(longer):
+            alone = model.encode(*model_.batch_utterances([u], modality), modality=modality)
+            n = int(alone.lengths[0])
+            assert int(batch.lengths[i]) == n
+            torch.testing.assert_close(batch.enc[i, :n], alone.enc[0], atol=2e-5, rtol=1e-4)
+
+
 def test_encode_errors(tiny, utts):
     audio, audio_lens, video, video_lens = model_.batch_utterances(utts, "av")
     with pytest.raises(ValueError, match="modality"):

@@ -309,11 +309,9 @@ def test_model_search_batch_equals_one_by_one(tiny_model, ctc_weight):
 
 @pytest.mark.parametrize("method", ["ctc_attention", "attention", "ctc_prefix"])
 def test_transcribe_batch_equals_one_by_one(tiny_model, method):
-    """Utterances of one length (the encoder sees no padding): batched equals one by one."""
+    """Ragged utterances (the encoder pads them to the longest): batched equals one by one."""
     from leapdec.speech.transcribe import transcribe
     utts = noise_utterances(3)
-    for u in utts:
-        u.audio, u.video = u.audio[:6400], u.video[:10]
     batch = transcribe(tiny_model, utts, method=method, beam=4)
     assert len(batch.texts) == 3 and all(isinstance(t, str) for t in batch.texts)
     assert batch.stats["steps"] >= 1 and batch.stats["wall_s"] > 0

@@ -207,7 +207,13 @@ class LogMel(nn.Module):
         return num_samples // self.hop + 1
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(audio, self.n_fft, self.hop, window=self.window, center=True, return_complex=True)
+        # centred frames, each utterance reflect-padded at its own ends (as torch.stft(center=True)
+        # pads a lone utterance), so that a padded batch gives every utterance the frames it gets alone
+        half = self.n_fft // 2
+        padded = audio.new_zeros(audio.shape[0], audio.shape[1] + 2 * half)
+        for i, n in enumerate(lengths.tolist()):
+            padded[i, : n + 2 * half] = F.pad(audio[i, :n][None, None], (half, half), mode="reflect")[0, 0]
+        spec = torch.stft(padded, self.n_fft, self.hop, window=self.window, center=False, return_complex=True)
         power = spec.real ** 2 + spec.imag ** 2                          # [B, F, T]
         mel = torch.log(torch.einsum("mf,bft->btm", self.filters, power) + 1e-6)
         mask = length_mask(self.frames(lengths), mel.shape[1])[..., None].float()
@@ -248,8 +254,13 @@ class AudioFrontEnd(nn.Module):
     def subsampled(frames: torch.Tensor) -> torch.Tensor:
         return ((frames + 1) // 2 + 1) // 2
 
-    def features(self, mel: torch.Tensor) -> torch.Tensor:
-        x = self.conv(mel[:, None])                                      # [B, c, T/4, F/4]
+    def features(self, mel: torch.Tensor, mel_frames: torch.Tensor | None = None) -> torch.Tensor:
+        """``mel [B, T, n_mels]`` -> ``[B, T/4, d]``; ``mel_frames [B]`` zeroes the first
+        convolution's outputs past each utterance's end (the zero padding it sees alone)."""
+        x = self.conv[1](self.conv[0](mel[:, None]))                    # [B, c, T/2, F/2]
+        if mel_frames is not None:
+            x = x * length_mask((mel_frames + 1) // 2, x.shape[2])[:, None, :, None]
+        x = self.conv[3](self.conv[2](x))                                # [B, c, T/4, F/4]
         return self.proj(x.permute(0, 2, 1, 3).flatten(2))
 
 
@@ -264,10 +275,13 @@ class VisualFrontEnd(nn.Module):
         self.proj = nn.Linear(2 * c * side * side, cfg.d_model)
         self.temporal = nn.Conv1d(cfg.d_model, cfg.d_model, 5, padding=2, groups=cfg.d_model)
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
+    def forward(self, video: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``lengths [B]`` zeroes padded frames' features before the temporal convolution."""
         b, t, h, w = video.shape
         x = self.cnn((video.reshape(b * t, 1, h, w) - 0.5) * 4.0)
         x = self.proj(x.flatten(1)).view(b, t, -1)
+        if lengths is not None:
+            x = x * length_mask(lengths, t)[..., None]
         return x + self.temporal(x.transpose(1, 2)).transpose(1, 2)
 
 
@@ -351,14 +365,15 @@ class AVSRModel(nn.Module):
         ``mel_mask [B, T_mel]`` (pretraining) zeroes masked mel frames before the convolutions."""
         mel = self.audio_front.logmel(audio, audio_lens)
         inp = mel if mel_mask is None else mel.masked_fill(mel_mask[..., None], 0.0)
-        x = self.audio_front.features(inp)
-        lens = self.audio_front.subsampled(self.audio_front.logmel.frames(audio_lens))
+        mel_frames = self.audio_front.logmel.frames(audio_lens)
+        x = self.audio_front.features(inp, mel_frames)
+        lens = self.audio_front.subsampled(mel_frames)
         x = x + sinusoid(x.shape[1], x.shape[2], x.device)
         return self.audio_encoder(x, length_mask(lens, x.shape[1])), lens, mel
 
     def video_features(self, video, video_lens, frame_mask=None):
         """Frame CNN -> video encoder: ``([B, T, d], lengths [B])``; ``frame_mask [B, T]`` blanks frames."""
-        x = self.video_front(video)
+        x = self.video_front(video, video_lens)
         if frame_mask is not None:
             x = x.masked_fill(frame_mask[..., None], 0.0)
         x = x + sinusoid(x.shape[1], x.shape[2], x.device)
@@ -374,14 +389,12 @@ class AVSRModel(nn.Module):
             raise ValueError(f"modality {modality!r} needs audio")
         if modality in ("av", "video") and video is None:
             raise ValueError(f"modality {modality!r} needs video")
-        streams, lens = [None, None], []
+        streams, lens = [None, None], [None, None]
         if modality != "video":
-            streams[0], a_lens, _ = self.audio_features(audio, audio_lens)
-            lens.append(a_lens)
+            streams[0], lens[0], _ = self.audio_features(audio, audio_lens)
         if modality != "audio":
-            streams[1], v_lens = self.video_features(video, video_lens)
-            lens.append(v_lens)
-        lengths = torch.stack(lens).max(0).values
+            streams[1], lens[1] = self.video_features(video, video_lens)
+        lengths = torch.stack([n for n in lens if n is not None]).max(0).values
         total = max(s.shape[1] for s in streams if s is not None)
         b = lengths.shape[0]
         keeps = (keep_audio, keep_video)
@@ -391,7 +404,9 @@ class AVSRModel(nn.Module):
             if s is None:
                 parts.append(absent)
                 continue
-            s = F.pad(s, (0, 0, 0, total - s.shape[1]))
+            # zero past the stream's own end (a stream one frame shorter than the other is padded
+            # with zeros alone, so it must be in a batch too)
+            s = F.pad(s, (0, 0, 0, total - s.shape[1])) * length_mask(lens[i], total)[..., None]
             if keeps[i] is not None:
                 s = torch.where(keeps[i][:, None, None], s, absent)
             parts.append(s)

@@ -100,6 +100,9 @@ def test_encode_errors(tiny, utts):
         model_.batch_utterances([bad], "audio")
     with pytest.raises(ValueError, match="empty"):
         model_.batch_utterances([data.Utterance(torch.zeros(0), utts[0].video, "x")], "av")
+    short = data.Utterance(0.1 * torch.randn(150), utts[0].video[:1], "x")
+    with pytest.raises(ValueError, match="utterance 1 has 150 samples"):
+        tiny.encode(*model_.batch_utterances([utts[0], short], "av"))
 
 
 def test_decoder_step_matches_teacher_forcing_and_forks(tiny, utts):

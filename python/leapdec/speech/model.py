@@ -6,8 +6,9 @@ small Transformer attention decoder over characters.
 * video: a frame CNN over each 24x24 mouth frame (25 frames/s) and a Transformer encoder;
 * fusion: the two 25 Hz streams, aligned frame by frame, concatenated and projected, then a shared
   Transformer encoder. With ``conv_kernel > 0`` every encoder layer also has Conformer's
-  convolution module (pointwise GLU, depthwise over time, pointwise) after its self-attention. A missing modality (``modality="audio"`` / ``"video"``, or modality dropout
-  in training) is replaced by a learned "absent" vector;
+  convolution module (pointwise GLU, depthwise over time, pointwise) after its self-attention.
+  A missing modality (``modality="audio"`` / ``"video"``, or modality dropout in training) is
+  replaced by a learned "absent" vector;
 * CTC head over the characters, and an attention decoder (causal self-attention, cross-attention
   to the encoder) trained with teacher forcing (``decoder_forward``, SDPA) and run step by step
   for beam search (``decoder_step``) with leapdec's ops: its self-attention K/V live in a
@@ -212,6 +213,9 @@ class LogMel(nn.Module):
         half = self.n_fft // 2
         padded = audio.new_zeros(audio.shape[0], audio.shape[1] + 2 * half)
         for i, n in enumerate(lengths.tolist()):
+            if n <= half:
+                raise ValueError(f"audio: utterance {i} has {n} samples; the model needs at least {half + 1} "
+                                 f"({1000 * (half + 1) / data.SAMPLE_RATE:.1f} ms)")
             padded[i, : n + 2 * half] = F.pad(audio[i, :n][None, None], (half, half), mode="reflect")[0, 0]
         spec = torch.stft(padded, self.n_fft, self.hop, window=self.window, center=False, return_complex=True)
         power = spec.real ** 2 + spec.imag ** 2                          # [B, F, T]

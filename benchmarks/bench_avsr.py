@@ -121,7 +121,8 @@ def main(argv=None) -> int:
         commit = ""
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.processor() or platform.machine(), "threads": args.threads, "commit": commit,
-            "utterances": args.utterances, "first": args.first, "beam": args.beam, "ctc_weight": args.ctc_weight, "penalty": args.penalty,
+            "utterances": args.utterances, "first": args.first, "beam": args.beam,
+            "ctc_weight": args.ctc_weight, "penalty": args.penalty,
             "wall_s": time.perf_counter() - start}
     table = markdown(rows, args.models, args.methods)
     print(table)

@@ -2,6 +2,7 @@
 against the teacher-forced one (forks included), save/load, the character vocabulary, the
 ``avsr`` recipe's tiny preset, and the shipped zoo model on a held-out sentence."""
 
+import dataclasses
 import json
 
 import pytest
@@ -78,7 +79,7 @@ def test_padded_batch_encodes_each_utterance_as_alone(utts, modality, conv_kerne
     """Padding never leaks into valid frames: the STFT pads each utterance at its own end, the
     convolutions over time see zeros past it, a stream shorter than the other is zeroed."""
     torch.manual_seed(1)
-    model = model_.AVSRModel(model_.AVSRConfig(**{**TINY.__dict__, "conv_kernel": conv_kernel})).eval()
+    model = model_.AVSRModel(dataclasses.replace(TINY, conv_kernel=conv_kernel)).eval()
     longer = utts + [data.synthesize("a much longer sentence than the others", seed=3)]
     with torch.no_grad():
         batch = model.encode(*model_.batch_utterances(longer, modality), modality=modality)

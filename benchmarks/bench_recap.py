@@ -2,8 +2,8 @@
 
 For each step count in ``--steps`` (8, 16, 32), the base sampler and ReCAP with three schedules
 (the default: steps/4 full steps first, then 3 local steps per full step; the paper's: half the
-steps full first, then one local per full; and a faster one: steps/8 first, then 4 local per
-full) sample the same labels with the same seed; the base sampler also runs at
+steps full first, then one local per full; a faster one: steps/8 first, then 4 local per
+full; and the leanest: steps/16 first, then 3 local per full) sample the same labels with the same seed; the base sampler also runs at
 ``--base-extra-steps`` (fewer steps) so ReCAP can be compared at matched wall-clock. Quality: class consistency (an sklearn
 ``MLPClassifier`` trained on the real digits' training split, applied to the 8x8 samples) and a
 Fréchet distance on that classifier's hidden features against the held-out real digits. Cost:
@@ -44,6 +44,7 @@ def configs(steps_list, base_extra, recap_options=None):
         runs.append(("recap", "recap", s, dict(recap_options or {})))
         runs.append(("recap-paper", "recap", s, {"pre_full": s // 2, "local_steps": 1}))
         runs.append(("recap-fast", "recap", s, {"pre_full": s // 8, "local_steps": 4}))
+        runs.append(("recap-lean", "recap", s, {"pre_full": s // 16, "local_steps": 3}))
     return runs
 
 
@@ -146,7 +147,8 @@ def plot(rows, path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {"maskgit": ("o-", "MaskGIT (base)"), "recap": ("s-", "ReCAP (pre steps/4, 3 local/full)"),
               "recap-paper": ("^--", "ReCAP, paper schedule (pre steps/2, 1 local/full)"),
-              "recap-fast": ("v:", "ReCAP, fewer full steps (pre steps/8, 4 local/full)")}
+              "recap-fast": ("v:", "ReCAP, fewer full steps (pre steps/8, 4 local/full)"),
+              "recap-lean": ("D-.", "ReCAP, fewest full steps (pre steps/16, 3 local/full)")}
     for sampler, (style, name) in styles.items():
         rs = sorted((r for r in rows if r["sampler"] == sampler), key=lambda r: r["wall_s"])
         if not rs:

@@ -163,12 +163,41 @@ def test_recipe_tiny_preset(tmp_path, monkeypatch):
     card = avsr.train_avsr(tmp_path / "out", "tiny", threads=1, progress=False)
     assert cards.verify_card(tmp_path / "out") == []
     assert card["training"]["pretraining"]["audio"]["steps"] == 3 and card["training"]["finetune_steps"] == 4
+    assert card["training"]["pretraining"]["video"]["objective"].startswith("contrastive")
     assert 0.0 <= card["eval"]["heldout_cer_greedy_av_clean"] <= 2.0
     model_.load(tmp_path / "out")
     ablation = avsr.train_avsr(tmp_path / "nopre", "tiny", pretrain_stages=False, threads=1, progress=False,
                                tokenizer_from="espeak-avsr")
     assert ablation["training"]["pretraining"] == {} and "--no-pretrain" in ablation["command"]
     assert not (tmp_path / "nopre" / "tokenizer.json").exists()
+
+
+def test_video_contrastive_pretraining(utts):
+    """The visual stream's contrastive objective: augmented views are deterministic for a seed,
+    in range and unlike the input; a few steps on one batch lower the loss."""
+    from leapdec.train import avsr
+
+    video = torch.nn.utils.rnn.pad_sequence([u.video for u in utts], batch_first=True)
+    lens = torch.tensor([u.video.shape[0] for u in utts])
+    views = [avsr.augment_frames(video, torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert views[0].shape == video.shape and torch.equal(views[0], views[1])
+    assert 0.0 <= views[0].min() and views[0].max() <= 1.0 and (views[0] - video).abs().mean() > 0.01
+    torch.manual_seed(0)
+    model = model_.AVSRModel(TINY)
+    head = torch.nn.Linear(TINY.d_model, 32)
+    params = list(model.video_front.parameters()) + list(model.video_encoder.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, lr=3e-3)
+
+    def loss():
+        return avsr.video_contrastive_loss(model, video, lens, torch.Generator().manual_seed(5), head)
+
+    first = loss()
+    assert torch.isfinite(first)
+    for _ in range(15):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < 0.7 * first.item()
 
 
 @pytest.mark.skipif("espeak-avsr" not in zoo.available(), reason="espeak-avsr is not in the zoo")

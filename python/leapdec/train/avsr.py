@@ -2,7 +2,7 @@
 espeak-ng speech with rendered mouth video.
 
     python -m leapdec.train avsr --out DIR [--preset default|low-label] [--no-pretrain] [--finetune-steps N]
-        [--threads 1]
+        [--video-ssl contrastive|masked_pixels] [--threads 1]
 
 ``low-label`` (500 labelled utterances, 1,500 fine-tuning steps) is the low-resource regime in
 which the pretraining ablation is also measured (``benchmarks/RESULTS.md``).
@@ -12,8 +12,11 @@ which the pretraining ablation is also measured (``benchmarks/RESULTS.md``).
    set (its transcripts are never used), several voices, speeds and pitches.
 2. Stage 1 (skipped with ``--no-pretrain``, the ablation): self-supervised pretraining of each
    front end on single-modality utterances of both sets: the audio encoder regresses masked
-   log-mel frames (spans of 10 frames zeroed, ~40 %), the visual encoder predicts the pixels of
-   masked video frames (spans of 3 frames, ~30 %); mean squared error on masked frames only.
+   log-mel frames (spans of 10 frames zeroed, ~40 %; mean squared error on masked frames only);
+   the visual stream learns by contrast, as the AVSR paper's MoCo v2 front end does: two
+   augmented views of each clip (shift, scale, lighting, an erased box, noise), and each sampled
+   frame of one view must pick out the same frame of the other among all sampled frames of the
+   batch (``--video-ssl masked_pixels``: the first recipe's masked-frame pixel prediction).
 3. Stage 2: fused fine-tuning on the labelled set with ``0.3 * CTC + 0.7 * attention`` (label
    smoothing 0.1), modality dropout (AV 50 %, audio only 25 %, video only 25 %) and speech-shaped
    noise at random SNRs (75 % of utterances, -5..20 dB).
@@ -72,8 +75,13 @@ class Preset:
     noise_prob: float = 0.75
     snr_range: tuple = (-5.0, 20.0)
     modality_probs: tuple = (0.5, 0.25, 0.25)    # av, audio only, video only
+    video_ssl: str = "contrastive"               # or "masked_pixels" (the first recipe's objective)
     eval_every: int = 200
 
+
+VIDEO_SSL_OBJECTIVES = {
+    "contrastive": "contrastive frames: InfoNCE between two augmented views of each sampled frame (temperature 0.1)",
+    "masked_pixels": "masked frame pixel prediction (MSE)"}
 
 PRESETS = {
     "default": Preset(),
@@ -231,6 +239,54 @@ def video_ssl_loss(model, video, video_lens, gen) -> torch.Tensor:
     return F.mse_loss(pred[mask], target[mask])
 
 
+def augment_frames(video: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random view of every frame of ``video [B, T, H, W]`` (0..1): a shift of up to 2 pixels
+    and a scale of 0.9-1.1, brightness and contrast, an erased box on half the frames, pixel noise
+    (the nuisances of the renderer: head jitter, lighting, occluders, sensor noise)."""
+    b, t, h, w = video.shape
+    n = b * t
+    r = lambda *shape: torch.rand(*shape, generator=gen)         # noqa: E731
+    scale = 0.9 + 0.2 * r(n)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    theta[:, :, 2] = (r(n, 2) * 2 - 1) * (2 * 2.0 / w)           # +-2 pixels in [-1, 1] coordinates
+    x = video.reshape(n, 1, h, w).cpu()
+    grid = F.affine_grid(theta, (n, 1, h, w), align_corners=False)
+    x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    mean = x.mean((2, 3), keepdim=True)
+    x = (x - mean) * (0.7 + 0.6 * r(n, 1, 1, 1)) + mean + (r(n, 1, 1, 1) - 0.5) * 0.2
+    # erase a box of up to 40 % of each side on half the frames
+    size = (0.1 + 0.3 * r(n, 2)) * torch.tensor([h, w])
+    corner = r(n, 2) * (torch.tensor([h, w]) - size)
+    ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    box = ((ys >= corner[:, 0, None, None]) & (ys < (corner[:, 0] + size[:, 0])[:, None, None])
+           & (xs >= corner[:, 1, None, None]) & (xs < (corner[:, 1] + size[:, 1])[:, None, None])
+           & (r(n) < 0.5)[:, None, None])
+    x = torch.where(box[:, None], r(n, 1, 1, 1).expand_as(x), x)
+    x = x + 0.03 * torch.randn(x.shape, generator=gen)
+    return x.clamp(0.0, 1.0).view(b, t, h, w).to(video.device)
+
+
+def video_contrastive_loss(model, video, video_lens, gen, head, anchors_per_clip: int = 8,
+                           temperature: float = 0.1) -> torch.Tensor:
+    """Contrastive pretraining of the visual stream (the AVSR paper pretrains its visual front end
+    with MoCo v2): two augmented views of each clip go through the front end and the video
+    encoder; each sampled frame of one view must pick out the same frame of the other view among
+    all sampled frames of the batch (InfoNCE, both directions)."""
+    views = [augment_frames(video, gen) for _ in range(2)]
+    feats = [model.video_features(v, video_lens)[0] for v in views]       # 2 x [B, T, d]
+    # sample anchor frames among each clip's valid frames
+    lens = video_lens.cpu()
+    order = torch.rand(len(lens), video.shape[1], generator=gen)
+    order = order.masked_fill(~model_.length_mask(lens, video.shape[1]), 2.0)
+    pick = order.argsort(1)[:, :min(anchors_per_clip, int(lens.min()))]     # distinct valid frames
+    rows = torch.arange(len(lens))[:, None].expand_as(pick)
+    z = [F.normalize(head(f[rows.reshape(-1), pick.reshape(-1)]), dim=-1) for f in feats]
+    logits = z[0] @ z[1].T / temperature
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
 def text_targets(texts, device):
     ids = [model_.text_to_ids(t) for t in texts]
     flat = torch.tensor([c for row in ids for c in row], device=device)
@@ -321,13 +377,22 @@ def pretrain(model, sets, preset: Preset, seed: int, progress: bool) -> dict:
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     out = {}
+    video_params = list(model.video_front.parameters()) + list(model.video_encoder.parameters())
+    if preset.video_ssl == "contrastive":
+        d = model.config.d_model        # the projection head is the recipe's, not saved
+        head = torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.GELU(), torch.nn.Linear(d, 64)).to(model.device)
+        video_params += list(head.parameters())
+        video_loss = lambda m, v, lens, g: video_contrastive_loss(m, v, lens, g, head)     # noqa: E731
+    elif preset.video_ssl == "masked_pixels":
+        video_params += list(model.video_ssl_head.parameters())
+        video_loss = video_ssl_loss
+    else:
+        raise ValueError(f"video_ssl must be 'contrastive' or 'masked_pixels', got {preset.video_ssl!r}")
     for name, steps, params, lossf in (
             ("audio", preset.audio_pretrain_steps,
              list(model.audio_front.parameters()) + list(model.audio_encoder.parameters())
              + list(model.audio_ssl_head.parameters()), audio_ssl_loss),
-            ("video", preset.video_pretrain_steps,
-             list(model.video_front.parameters()) + list(model.video_encoder.parameters())
-             + list(model.video_ssl_head.parameters()), video_ssl_loss)):
+            ("video", preset.video_pretrain_steps, video_params, video_loss)):
         if steps <= 0:
             continue
 
@@ -342,7 +407,7 @@ def pretrain(model, sets, preset: Preset, seed: int, progress: bool) -> dict:
         done, secs, last = _run(f"pretrain {name}", steps, preset, params, loss_fn, progress, None)
         out[name] = {"steps": done, "train_s": round(secs, 1), "final_loss": round(last, 4),
                      "objective": "masked log-mel frame regression (MSE)" if name == "audio"
-                     else "masked frame pixel prediction (MSE)"}
+                     else VIDEO_SSL_OBJECTIVES[preset.video_ssl]}
     return out
 
 
@@ -385,7 +450,7 @@ def finetune(model, sets, preset: Preset, seed: int, progress: bool) -> dict:
 
 def train_avsr(out, preset_name: str = "default", pretrain_stages: bool = True, finetune_steps=None,
                pretrain_steps=None, device="cpu", seed: int = 0, threads=None, progress=True,
-               name: str | None = None, tokenizer_from: str | None = None) -> dict:
+               name: str | None = None, tokenizer_from: str | None = None, video_ssl: str | None = None) -> dict:
     """Train (and write) one recogniser with its card; returns the card. ``tokenizer_from``: a zoo
     name whose ``tokenizer.json`` this checkpoint shares (none is written here)."""
     if threads:
@@ -396,6 +461,8 @@ def train_avsr(out, preset_name: str = "default", pretrain_stages: bool = True, 
         preset = dataclasses.replace(preset, finetune_steps=finetune_steps)
     if pretrain_steps is not None:
         preset = dataclasses.replace(preset, audio_pretrain_steps=pretrain_steps, video_pretrain_steps=pretrain_steps)
+    if video_ssl is not None:
+        preset = dataclasses.replace(preset, video_ssl=video_ssl)
     if not pretrain_stages:
         preset = dataclasses.replace(preset, audio_pretrain_steps=0, video_pretrain_steps=0)
     data_start = time.perf_counter()
@@ -422,6 +489,7 @@ def train_avsr(out, preset_name: str = "default", pretrain_stages: bool = True, 
         ["--out", str(out), "--preset", preset_name] + ([] if pretrain_stages else ["--no-pretrain"])
         + ["--finetune-steps", str(preset.finetune_steps)]
         + (["--pretrain-steps", str(pretrain_steps)] if pretrain_steps is not None and pretrain_stages else [])
+        + (["--video-ssl", video_ssl] if video_ssl is not None and pretrain_stages else [])
         + ["--device", str(device), "--seed", str(seed)] + (["--threads", str(threads)] if threads else [])
         + (["--tokenizer-from", tokenizer_from] if tokenizer_from else []))
     name = name or out.name
@@ -477,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pretrain", action="store_true", help="skip stage 1 (the ablation)")
     parser.add_argument("--finetune-steps", type=int, help="stage 2 optimizer steps")
     parser.add_argument("--pretrain-steps", type=int, help="stage 1 optimizer steps per front end")
+    parser.add_argument("--video-ssl", choices=sorted(VIDEO_SSL_OBJECTIVES),
+                        help="the visual front end's pretraining objective (default: the preset's, contrastive)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
@@ -487,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"espeak-ng is not installed: {data.INSTALL_HINT}")
     card = train_avsr(args.out, args.preset, not args.no_pretrain, args.finetune_steps, args.pretrain_steps,
                       args.device, args.seed, args.threads, not args.no_progress,
-                      tokenizer_from=args.tokenizer_from)
+                      tokenizer_from=args.tokenizer_from, video_ssl=args.video_ssl)
     ev = card["eval"]
     print(f"{args.out}: {card['training']['steps']} steps, held-out loss {ev['heldout_loss']:.4f}, greedy CER "
           f"AV {ev['heldout_cer_greedy_av_clean']:.3f} / audio {ev['heldout_cer_greedy_audio_clean']:.3f} / "

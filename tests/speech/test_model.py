@@ -185,7 +185,7 @@ def test_video_contrastive_pretraining(utts):
     torch.manual_seed(0)
     model = model_.AVSRModel(TINY)
     head = torch.nn.Linear(TINY.d_model, 32)
-    params = list(model.video_front.parameters()) + list(model.video_encoder.parameters()) + list(head.parameters())
+    params = list(model.video_front.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=3e-3)
 
     def loss():

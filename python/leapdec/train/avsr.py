@@ -13,10 +13,11 @@ which the pretraining ablation is also measured (``benchmarks/RESULTS.md``).
 2. Stage 1 (skipped with ``--no-pretrain``, the ablation): self-supervised pretraining of each
    front end on single-modality utterances of both sets: the audio encoder regresses masked
    log-mel frames (spans of 10 frames zeroed, ~40 %; mean squared error on masked frames only);
-   the visual stream learns by contrast, as the AVSR paper's MoCo v2 front end does: two
-   augmented views of each clip (shift, scale, lighting, an erased box, noise), and each sampled
-   frame of one view must pick out the same frame of the other among all sampled frames of the
-   batch (``--video-ssl masked_pixels``: the first recipe's masked-frame pixel prediction).
+   the visual front end (frame CNN + temporal convolution) learns by contrast, as the AVSR
+   paper's MoCo v2 front end does: two augmented views of each clip (shift, scale, lighting, an
+   erased box, noise), and each sampled frame of one view must pick out the same frame of the
+   other among all sampled frames of the batch (``--video-ssl masked_pixels``: the first recipe's
+   masked-frame pixel prediction through the front end and the video encoder).
 3. Stage 2: fused fine-tuning on the labelled set with ``0.3 * CTC + 0.7 * attention`` (label
    smoothing 0.1), modality dropout (AV 50 %, audio only 25 %, video only 25 %) and speech-shaped
    noise at random SNRs (75 % of utterances, -5..20 dB).
@@ -80,7 +81,8 @@ class Preset:
 
 
 VIDEO_SSL_OBJECTIVES = {
-    "contrastive": "contrastive frames: InfoNCE between two augmented views of each sampled frame (temperature 0.1)",
+    "contrastive": "contrastive frames (front end only): InfoNCE between two augmented views of each sampled "
+                   "frame (temperature 0.1)",
     "masked_pixels": "masked frame pixel prediction (MSE)"}
 
 PRESETS = {
@@ -268,13 +270,18 @@ def augment_frames(video: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def video_contrastive_loss(model, video, video_lens, gen, head, anchors_per_clip: int = 8,
-                           temperature: float = 0.1) -> torch.Tensor:
-    """Contrastive pretraining of the visual stream (the AVSR paper pretrains its visual front end
-    with MoCo v2): two augmented views of each clip go through the front end and the video
-    encoder; each sampled frame of one view must pick out the same frame of the other view among
-    all sampled frames of the batch (InfoNCE, both directions)."""
+                           temperature: float = 0.1, through_encoder: bool = False) -> torch.Tensor:
+    """Contrastive pretraining of the visual front end (the AVSR paper pretrains its frame-level
+    visual front end with MoCo v2): two augmented views of each clip go through the front end (the
+    frame CNN and its temporal convolution; ``through_encoder``: the video encoder too); each
+    sampled frame of one view must pick out the same frame of the other view among all sampled
+    frames of the batch (InfoNCE, both directions). Through the encoder the task is too easy (its
+    positional encoding tells the frames apart) and lip reading does not gain."""
     views = [augment_frames(video, gen) for _ in range(2)]
-    feats = [model.video_features(v, video_lens)[0] for v in views]       # 2 x [B, T, d]
+    if through_encoder:
+        feats = [model.video_features(v, video_lens)[0] for v in views]   # 2 x [B, T, d]
+    else:
+        feats = [model.video_front(v, video_lens) for v in views]
     # sample anchor frames among each clip's valid frames
     lens = video_lens.cpu()
     order = torch.rand(len(lens), video.shape[1], generator=gen)
@@ -370,21 +377,21 @@ def _run(desc, steps, preset, params, loss_fn, progress, log):
 
 
 def pretrain(model, sets, preset: Preset, seed: int, progress: bool) -> dict:
-    """Stage 1: masked log-mel regression (audio front end + encoder) then masked frame
-    prediction (visual front end + encoder), each on single-modality utterances of both sets."""
+    """Stage 1: masked log-mel regression (audio front end + encoder), then the visual front end's
+    objective (``preset.video_ssl``), each on single-modality utterances of both sets."""
     stores = {0: sets["labelled"], 1: sets["unlabelled"]}
     pool = [(s, i) for s in stores for i in range(len(stores[s]))]
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     out = {}
-    video_params = list(model.video_front.parameters()) + list(model.video_encoder.parameters())
+    video_params = list(model.video_front.parameters())
     if preset.video_ssl == "contrastive":
         d = model.config.d_model        # the projection head is the recipe's, not saved
         head = torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.GELU(), torch.nn.Linear(d, 64)).to(model.device)
         video_params += list(head.parameters())
         video_loss = lambda m, v, lens, g: video_contrastive_loss(m, v, lens, g, head)     # noqa: E731
     elif preset.video_ssl == "masked_pixels":
-        video_params += list(model.video_ssl_head.parameters())
+        video_params += list(model.video_encoder.parameters()) + list(model.video_ssl_head.parameters())
         video_loss = video_ssl_loss
     else:
         raise ValueError(f"video_ssl must be 'contrastive' or 'masked_pixels', got {preset.video_ssl!r}")

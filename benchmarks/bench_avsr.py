@@ -9,7 +9,8 @@ decoding method, for the pretrained zoo model and its no-pretraining ablation.
 Utterance i is held-out sentence i (counted from ``--first``: sentences 100-199 serve as the
 development set for choosing ``--ctc-weight``, the default first 100 as the test set) synthesised
 with the seed the recipe used for its held-out set (``leapdec.train.avsr.heldout_seed``); noise at
-each SNR is drawn with seed i, so every model, method and stream sees the same signals. Video does
+each SNR is drawn with seed i (``--noise-seed k``: seed k + i, another draw of the same SNRs), so
+every model, method and stream sees the same signals. Video does
 not depend on the SNR, so video-only rows are decoded once and shown under "clean".
 """
 
@@ -44,10 +45,11 @@ def heldout_utterances(n: int, first: int = 0) -> list:
             for i in tqdm(range(first, first + n), desc="held-out utterances")]
 
 
-def with_noise(utts, snr: str) -> list:
+def with_noise(utts, snr: str, noise_seed: int = 0) -> list:
+    """``utts`` with noise at ``snr`` dB, utterance i's drawn with seed ``noise_seed + i``."""
     if snr == "clean":
         return utts
-    return [data.Utterance(data.add_noise(u.audio, float(snr), seed=i), u.video, u.text, u.voice, u.speed,
+    return [data.Utterance(data.add_noise(u.audio, float(snr), seed=noise_seed + i), u.video, u.text, u.voice, u.speed,
                            float(snr), u.phonemes) for i, u in enumerate(utts)]
 
 
@@ -94,6 +96,8 @@ def main(argv=None) -> int:
     parser.add_argument("--beam", type=int, default=10)
     parser.add_argument("--ctc-weight", type=float, default=0.3)
     parser.add_argument("--penalty", type=float, default=0.0, help="length bonus per character (beam methods)")
+    parser.add_argument("--noise-seed", type=int, default=0,
+                        help="utterance i's noise is drawn with seed noise_seed + i (another draw of the same SNRs)")
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write the rows here")
@@ -104,7 +108,7 @@ def main(argv=None) -> int:
         parser.error(f"espeak-ng is not installed: {data.INSTALL_HINT}")
     start = time.perf_counter()
     utts = heldout_utterances(args.utterances, args.first)
-    noisy = {snr: with_noise(utts, snr) for snr in args.snrs}
+    noisy = {snr: with_noise(utts, snr, args.noise_seed) for snr in args.snrs}
     rows = []
     jobs = [(name, method, modality, snr) for name in args.models for method in args.methods
             for modality in args.modalities for snr in args.snrs if modality != "video" or snr == "clean"]
@@ -122,7 +126,7 @@ def main(argv=None) -> int:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.processor() or platform.machine(), "threads": args.threads, "commit": commit,
             "utterances": args.utterances, "first": args.first, "beam": args.beam,
-            "ctc_weight": args.ctc_weight, "penalty": args.penalty,
+            "ctc_weight": args.ctc_weight, "penalty": args.penalty, "noise_seed": args.noise_seed,
             "wall_s": time.perf_counter() - start}
     table = markdown(rows, args.models, args.methods)
     print(table)

@@ -163,7 +163,10 @@ def test_recipe_tiny_preset(tmp_path, monkeypatch):
     card = avsr.train_avsr(tmp_path / "out", "tiny", threads=1, progress=False)
     assert cards.verify_card(tmp_path / "out") == []
     assert card["training"]["pretraining"]["audio"]["steps"] == 3 and card["training"]["finetune_steps"] == 4
-    assert card["training"]["pretraining"]["video"]["objective"].startswith("contrastive")
+    assert card["training"]["pretraining"]["video"]["objective"].startswith("masked frame")
+    contrastive = avsr.train_avsr(tmp_path / "con", "tiny", threads=1, progress=False, video_ssl="contrastive")
+    assert contrastive["training"]["pretraining"]["video"]["objective"].startswith("contrastive")
+    assert "--video-ssl contrastive" in contrastive["command"]
     assert 0.0 <= card["eval"]["heldout_cer_greedy_av_clean"] <= 2.0
     model_.load(tmp_path / "out")
     ablation = avsr.train_avsr(tmp_path / "nopre", "tiny", pretrain_stages=False, threads=1, progress=False,

@@ -49,8 +49,8 @@ def with_noise(utts, snr: str, noise_seed: int = 0) -> list:
     """``utts`` with noise at ``snr`` dB, utterance i's drawn with seed ``noise_seed + i``."""
     if snr == "clean":
         return utts
-    return [data.Utterance(data.add_noise(u.audio, float(snr), seed=noise_seed + i), u.video, u.text, u.voice, u.speed,
-                           float(snr), u.phonemes) for i, u in enumerate(utts)]
+    return [data.Utterance(data.add_noise(u.audio, float(snr), seed=noise_seed + i), u.video, u.text, u.voice,
+                           u.speed, float(snr), u.phonemes) for i, u in enumerate(utts)]
 
 
 def score(model, utts, method, modality, batch, beam, ctc_weight, penalty=0.0) -> dict:

@@ -274,19 +274,15 @@ def augment_frames(video: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def video_contrastive_loss(model, video, video_lens, gen, head, anchors_per_clip: int = 8,
-                           temperature: float = 0.1, through_encoder: bool = False) -> torch.Tensor:
+                           temperature: float = 0.1) -> torch.Tensor:
     """Contrastive pretraining of the visual front end (the AVSR paper pretrains its frame-level
     visual front end with MoCo v2): two augmented views of each clip go through the front end (the
-    frame CNN and its temporal convolution; ``through_encoder``: the video encoder too); each
-    sampled frame of one view must pick out the same frame of the other view among all sampled
-    frames of the batch (InfoNCE, both directions). Through the encoder the loss falls to ~0.07
-    and lip reading does not gain (the encoder's positional encoding and context tell the frames
-    apart, we think)."""
+    frame CNN and its temporal convolution); each sampled frame of one view must pick out the same
+    frame of the other view among all sampled frames of the batch (InfoNCE, both directions).
+    Through the video encoder as well, the loss fell to ~0.07 and lip reading did not gain
+    (``benchmarks/RESULTS.md``)."""
     views = [augment_frames(video, gen) for _ in range(2)]
-    if through_encoder:
-        feats = [model.video_features(v, video_lens)[0] for v in views]   # 2 x [B, T, d]
-    else:
-        feats = [model.video_front(v, video_lens) for v in views]
+    feats = [model.video_front(v, video_lens) for v in views]           # 2 x [B, T, d]
     # sample anchor frames among each clip's valid frames
     lens = video_lens.cpu()
     order = torch.rand(len(lens), video.shape[1], generator=gen)

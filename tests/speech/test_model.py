@@ -167,6 +167,14 @@ def test_recipe_tiny_preset(tmp_path, monkeypatch):
     contrastive = avsr.train_avsr(tmp_path / "con", "tiny", threads=1, progress=False, video_ssl="contrastive")
     assert contrastive["training"]["pretraining"]["video"]["objective"].startswith("contrastive")
     assert "--video-ssl contrastive" in contrastive["command"]
+    both = avsr.train_avsr(tmp_path / "both", "tiny", threads=1, progress=False,
+                           video_ssl="contrastive+masked_pixels", snr_range=(-10, 15))
+    stages = both["training"]["pretraining"]
+    assert list(stages) == ["audio", "video_contrastive", "video_masked"]
+    assert stages["video_masked"]["objective"].startswith("masked frame") and stages["video_masked"]["steps"] == 3
+    assert "--snr-range -10 15" in both["command"] and both["recipe"]["snr_range"] == [-10.0, 15.0]
+    with pytest.raises(ValueError, match="snr_range"):
+        avsr.train_avsr(tmp_path / "bad", "tiny", threads=1, progress=False, snr_range=(5, -5))
     assert 0.0 <= card["eval"]["heldout_cer_greedy_av_clean"] <= 2.0
     model_.load(tmp_path / "out")
     ablation = avsr.train_avsr(tmp_path / "nopre", "tiny", pretrain_stages=False, threads=1, progress=False,
@@ -218,3 +226,35 @@ def test_zoo_model_transcribes_a_heldout_sentence():
         enc = model.encode(audio, audio_lens, video, video_lens)
         hyps = [model_.ids_to_text(h) for h in model_.ctc_greedy_ids(model.ctc_log_probs(enc), enc.lengths)]
     assert char_error_rate([u.text for u in utts], hyps) < 0.25, list(zip([u.text for u in utts], hyps))
+
+
+def test_masked_stage_keeps_the_contrastive_front_end(utts, monkeypatch):
+    """``contrastive+masked_pixels``: the masked-frame stage trains the video encoder and leaves
+    the front end exactly as the contrastive stage left it."""
+    from leapdec.train import avsr
+
+    seen = {}
+    real_run = avsr._run
+
+    def spy(desc, steps, preset, params, loss_fn, progress, log):
+        if desc == "pretrain video_masked":
+            seen["front"] = [p.detach().clone() for p in model.video_front.parameters()]
+            seen["encoder"] = [p.detach().clone() for p in model.video_encoder.parameters()]
+            seen["grad"] = [p.requires_grad for p in model.video_front.parameters()]
+        out = real_run(desc, steps, preset, params, loss_fn, progress, log)
+        if desc == "pretrain video_masked":
+            seen["front_after"] = list(model.video_front.parameters())
+            seen["encoder_after"] = list(model.video_encoder.parameters())
+        return out
+
+    monkeypatch.setattr(avsr, "_run", spy)
+    torch.manual_seed(0)
+    model = model_.AVSRModel(TINY)
+    store = avsr.UtteranceStore.build(utts)
+    preset = avsr.dataclasses.replace(avsr.PRESETS["tiny"], batch_size=2, video_ssl="contrastive+masked_pixels")
+    out = avsr.pretrain(model, {"labelled": store, "unlabelled": store}, preset, 0, False)
+    assert set(out) == {"audio", "video_contrastive", "video_masked"}
+    assert seen["grad"] == [False] * len(seen["grad"])
+    assert all(p.requires_grad for p in model.video_front.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(seen["front"], seen["front_after"]))
+    assert any(not torch.equal(a, b) for a, b in zip(seen["encoder"], seen["encoder_after"]))

@@ -87,7 +87,9 @@ class Preset:
 VIDEO_SSL_OBJECTIVES = {
     "contrastive": "contrastive frames (front end only): InfoNCE between two augmented views of each sampled "
                    "frame (temperature 0.1)",
-    "masked_pixels": "masked frame pixel prediction (MSE)"}
+    "masked_pixels": "masked frame pixel prediction (MSE)",
+    "contrastive+masked_pixels": "contrastive frames on the front end, then masked frame pixel prediction "
+                                 "through the video encoder (the front end frozen)"}
 
 PRESETS = {
     "default": Preset(),
@@ -385,22 +387,27 @@ def pretrain(model, sets, preset: Preset, seed: int, progress: bool) -> dict:
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     out = {}
-    video_params = list(model.video_front.parameters())
-    if preset.video_ssl == "contrastive":
+    audio_params = (list(model.audio_front.parameters()) + list(model.audio_encoder.parameters())
+                    + list(model.audio_ssl_head.parameters()))
+    masked_params = list(model.video_encoder.parameters()) + list(model.video_ssl_head.parameters())
+    if preset.video_ssl not in VIDEO_SSL_OBJECTIVES:
+        raise ValueError(f"video_ssl must be one of {sorted(VIDEO_SSL_OBJECTIVES)}, got {preset.video_ssl!r}")
+    stages = [("audio", preset.audio_pretrain_steps, audio_params, audio_ssl_loss, ())]
+    if preset.video_ssl.startswith("contrastive"):
         d = model.config.d_model        # the projection head is the recipe's, not saved
         head = torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.GELU(), torch.nn.Linear(d, 64)).to(model.device)
-        video_params += list(head.parameters())
-        video_loss = lambda m, v, lens, g: video_contrastive_loss(m, v, lens, g, head)     # noqa: E731
-    elif preset.video_ssl == "masked_pixels":
-        video_params += list(model.video_encoder.parameters()) + list(model.video_ssl_head.parameters())
-        video_loss = video_ssl_loss
-    else:
-        raise ValueError(f"video_ssl must be 'contrastive' or 'masked_pixels', got {preset.video_ssl!r}")
-    for name, steps, params, lossf in (
-            ("audio", preset.audio_pretrain_steps,
-             list(model.audio_front.parameters()) + list(model.audio_encoder.parameters())
-             + list(model.audio_ssl_head.parameters()), audio_ssl_loss),
-            ("video", preset.video_pretrain_steps, video_params, video_loss)):
+        contrastive = lambda m, v, lens, g: video_contrastive_loss(m, v, lens, g, head)     # noqa: E731
+        stages.append(("video" if preset.video_ssl == "contrastive" else "video_contrastive",
+                       preset.video_pretrain_steps, list(model.video_front.parameters()) + list(head.parameters()),
+                       contrastive, ()))
+    if preset.video_ssl == "masked_pixels":
+        stages.append(("video", preset.video_pretrain_steps, list(model.video_front.parameters()) + masked_params,
+                       video_ssl_loss, ()))
+    elif preset.video_ssl == "contrastive+masked_pixels":
+        # the contrastive front end stays as it is; masked frames train the video encoder on top of it
+        stages.append(("video_masked", preset.video_pretrain_steps, masked_params, video_ssl_loss,
+                       tuple(model.video_front.parameters())))
+    for name, steps, params, lossf, frozen in stages:
         if steps <= 0:
             continue
 
@@ -412,10 +419,18 @@ def pretrain(model, sets, preset: Preset, seed: int, progress: bool) -> dict:
                 return lossf(model, batch[0], batch[1], gen)
             return lossf(model, batch[2], batch[3], gen)
 
-        done, secs, last = _run(f"pretrain {name}", steps, preset, params, loss_fn, progress, None)
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            done, secs, last = _run(f"pretrain {name}", steps, preset, params, loss_fn, progress, None)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        objective = {"audio": "masked log-mel frame regression (MSE)",
+                     "video_contrastive": VIDEO_SSL_OBJECTIVES["contrastive"],
+                     "video_masked": "masked frame pixel prediction (MSE), video encoder on the frozen front end"}
         out[name] = {"steps": done, "train_s": round(secs, 1), "final_loss": round(last, 4),
-                     "objective": "masked log-mel frame regression (MSE)" if name == "audio"
-                     else VIDEO_SSL_OBJECTIVES[preset.video_ssl]}
+                     "objective": objective.get(name, VIDEO_SSL_OBJECTIVES[preset.video_ssl])}
     return out
 
 
@@ -458,7 +473,8 @@ def finetune(model, sets, preset: Preset, seed: int, progress: bool) -> dict:
 
 def train_avsr(out, preset_name: str = "default", pretrain_stages: bool = True, finetune_steps=None,
                pretrain_steps=None, device="cpu", seed: int = 0, threads=None, progress=True,
-               name: str | None = None, tokenizer_from: str | None = None, video_ssl: str | None = None) -> dict:
+               name: str | None = None, tokenizer_from: str | None = None, video_ssl: str | None = None,
+               snr_range: tuple | None = None) -> dict:
     """Train (and write) one recogniser with its card; returns the card. ``tokenizer_from``: a zoo
     name whose ``tokenizer.json`` this checkpoint shares (none is written here)."""
     if threads:
@@ -471,6 +487,11 @@ def train_avsr(out, preset_name: str = "default", pretrain_stages: bool = True, 
         preset = dataclasses.replace(preset, audio_pretrain_steps=pretrain_steps, video_pretrain_steps=pretrain_steps)
     if video_ssl is not None:
         preset = dataclasses.replace(preset, video_ssl=video_ssl)
+    if snr_range is not None:
+        lo, hi = (float(v) for v in snr_range)
+        if not lo <= hi:
+            raise ValueError(f"snr_range: low must not exceed high, got {snr_range}")
+        preset = dataclasses.replace(preset, snr_range=(lo, hi))
     if not pretrain_stages:
         preset = dataclasses.replace(preset, audio_pretrain_steps=0, video_pretrain_steps=0)
     data_start = time.perf_counter()
@@ -498,6 +519,7 @@ def train_avsr(out, preset_name: str = "default", pretrain_stages: bool = True, 
         + ["--finetune-steps", str(preset.finetune_steps)]
         + (["--pretrain-steps", str(pretrain_steps)] if pretrain_steps is not None and pretrain_stages else [])
         + (["--video-ssl", video_ssl] if video_ssl is not None and pretrain_stages else [])
+        + (["--snr-range", *(f"{v:g}" for v in preset.snr_range)] if snr_range is not None else [])
         + ["--device", str(device), "--seed", str(seed)] + (["--threads", str(threads)] if threads else [])
         + (["--tokenizer-from", tokenizer_from] if tokenizer_from else []))
     name = name or out.name
@@ -555,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrain-steps", type=int, help="stage 1 optimizer steps per front end")
     parser.add_argument("--video-ssl", choices=sorted(VIDEO_SSL_OBJECTIVES),
                         help="the visual front end's pretraining objective (default: the preset's, masked_pixels)")
+    parser.add_argument("--snr-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="fine-tuning noise SNRs in dB, drawn uniformly (default: the preset's, -5 20)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
@@ -565,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"espeak-ng is not installed: {data.INSTALL_HINT}")
     card = train_avsr(args.out, args.preset, not args.no_pretrain, args.finetune_steps, args.pretrain_steps,
                       args.device, args.seed, args.threads, not args.no_progress,
-                      tokenizer_from=args.tokenizer_from, video_ssl=args.video_ssl)
+                      tokenizer_from=args.tokenizer_from, video_ssl=args.video_ssl, snr_range=args.snr_range)
     ev = card["eval"]
     print(f"{args.out}: {card['training']['steps']} steps, held-out loss {ev['heldout_loss']:.4f}, greedy CER "
           f"AV {ev['heldout_cer_greedy_av_clean']:.3f} / audio {ev['heldout_cer_greedy_audio_clean']:.3f} / "

@@ -163,16 +163,18 @@ def test_recipe_tiny_preset(tmp_path, monkeypatch):
     card = avsr.train_avsr(tmp_path / "out", "tiny", threads=1, progress=False)
     assert cards.verify_card(tmp_path / "out") == []
     assert card["training"]["pretraining"]["audio"]["steps"] == 3 and card["training"]["finetune_steps"] == 4
-    assert card["training"]["pretraining"]["video"]["objective"].startswith("masked frame")
+    stages = card["training"]["pretraining"]          # the default: contrastive front end, then masked frames
+    assert list(stages) == ["audio", "video_contrastive", "video_masked"]
+    assert stages["video_contrastive"]["objective"].startswith("contrastive")
+    assert stages["video_masked"]["objective"].startswith("masked frame") and stages["video_masked"]["steps"] == 3
+    pixels = avsr.train_avsr(tmp_path / "pix", "tiny", threads=1, progress=False, video_ssl="masked_pixels",
+                             snr_range=(-10, 15))
+    assert pixels["training"]["pretraining"]["video"]["objective"].startswith("masked frame")
+    assert "--video-ssl masked_pixels" in pixels["command"]
+    assert "--snr-range -10 15" in pixels["command"] and pixels["recipe"]["snr_range"] == [-10.0, 15.0]
     contrastive = avsr.train_avsr(tmp_path / "con", "tiny", threads=1, progress=False, video_ssl="contrastive")
     assert contrastive["training"]["pretraining"]["video"]["objective"].startswith("contrastive")
     assert "--video-ssl contrastive" in contrastive["command"]
-    both = avsr.train_avsr(tmp_path / "both", "tiny", threads=1, progress=False,
-                           video_ssl="contrastive+masked_pixels", snr_range=(-10, 15))
-    stages = both["training"]["pretraining"]
-    assert list(stages) == ["audio", "video_contrastive", "video_masked"]
-    assert stages["video_masked"]["objective"].startswith("masked frame") and stages["video_masked"]["steps"] == 3
-    assert "--snr-range -10 15" in both["command"] and both["recipe"]["snr_range"] == [-10.0, 15.0]
     with pytest.raises(ValueError, match="snr_range"):
         avsr.train_avsr(tmp_path / "bad", "tiny", threads=1, progress=False, snr_range=(5, -5))
     assert 0.0 <= card["eval"]["heldout_cer_greedy_av_clean"] <= 2.0

@@ -2,7 +2,7 @@
 espeak-ng speech with rendered mouth video.
 
     python -m leapdec.train avsr --out DIR [--preset default|low-label] [--no-pretrain] [--finetune-steps N]
-        [--video-ssl contrastive|masked_pixels] [--threads 1]
+        [--video-ssl contrastive+masked_pixels|contrastive|masked_pixels] [--snr-range LOW HIGH] [--threads 1]
 
 ``low-label`` (500 labelled utterances, 1,500 fine-tuning steps) is the low-resource regime in
 which the pretraining ablation is also measured (``benchmarks/RESULTS.md``).
@@ -12,16 +12,16 @@ which the pretraining ablation is also measured (``benchmarks/RESULTS.md``).
    set (its transcripts are never used), several voices, speeds and pitches.
 2. Stage 1 (skipped with ``--no-pretrain``, the ablation): self-supervised pretraining of each
    front end on single-modality utterances of both sets: the audio encoder regresses masked
-   log-mel frames (spans of 10 frames zeroed, ~40 %), the visual front end and encoder predict
-   the pixels of masked video frames (spans of 3 frames, ~30 %); mean squared error on masked
-   frames only. ``--video-ssl contrastive`` instead trains the visual front end (frame CNN +
-   temporal convolution) by contrast, as the AVSR paper's MoCo v2 front end is: two augmented
-   views of each clip (shift, scale, lighting, an erased box, noise), and each sampled frame of one
-   view must pick out the same frame of the other among all sampled frames of the batch. It reads
-   lips better (test video CER 43.4 % against 46.5 % without pretraining, joint search) but did
-   not raise the AV model's gain over audio in noise on the development set, and with 500
-   labelled utterances it fuses worse (its video encoder starts untrained), so the zoo models
-   keep the masked-pixel objective (``benchmarks/RESULTS.md``).
+   log-mel frames (spans of 10 frames zeroed, ~40 %). The visual side (``--video-ssl``, default
+   ``contrastive+masked_pixels``) first trains its front end (frame CNN + temporal convolution)
+   by contrast, as the AVSR paper's MoCo v2 front end is: two augmented views of each clip (shift,
+   scale, lighting, an erased box, noise), and each sampled frame of one view must pick out the
+   same frame of the other among all sampled frames of the batch; then, the front end frozen, the
+   video encoder learns to predict the pixels of masked frames (spans of 3 frames, ~30 %; mean
+   squared error on masked frames only). ``contrastive`` alone leaves the video encoder untrained
+   (it fuses worse with few labels); ``masked_pixels`` alone (the objective of the first zoo
+   models) trains front end and encoder on the pixels and reads lips worse
+   (``benchmarks/RESULTS.md``).
 3. Stage 2: fused fine-tuning on the labelled set with ``0.3 * CTC + 0.7 * attention`` (label
    smoothing 0.1), modality dropout (AV 50 %, audio only 25 %, video only 25 %) and speech-shaped
    noise at random SNRs (75 % of utterances, -5..20 dB).
@@ -80,7 +80,7 @@ class Preset:
     noise_prob: float = 0.75
     snr_range: tuple = (-5.0, 20.0)
     modality_probs: tuple = (0.5, 0.25, 0.25)    # av, audio only, video only
-    video_ssl: str = "masked_pixels"             # or "contrastive" (see the module doc)
+    video_ssl: str = "contrastive+masked_pixels"  # or "contrastive", "masked_pixels" (see the module doc)
     eval_every: int = 200
 
 
@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-steps", type=int, help="stage 2 optimizer steps")
     parser.add_argument("--pretrain-steps", type=int, help="stage 1 optimizer steps per front end")
     parser.add_argument("--video-ssl", choices=sorted(VIDEO_SSL_OBJECTIVES),
-                        help="the visual front end's pretraining objective (default: the preset's, masked_pixels)")
+                        help="the visual side's pretraining objective (default: the preset's, contrastive+masked_pixels)")
     parser.add_argument("--snr-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="fine-tuning noise SNRs in dB, drawn uniformly (default: the preset's, -5 20)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

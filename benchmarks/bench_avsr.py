@@ -83,10 +83,11 @@ def gains(rows) -> list[dict]:
         av, audio = mean_cer(rows, modality="av", **key), mean_cer(rows, modality="audio", **key)
         if av is None or not audio:
             continue
-        draws = sorted({r["noise_seed"] for r in rows if r["snr"] == snr and r["model"] == name})
-        per_draw = [1 - mean_cer(rows, modality="av", noise_seed=d, **key) / mean_cer(rows, modality="audio",
-                                                                                     noise_seed=d, **key)
-                    for d in draws if mean_cer(rows, modality="audio", noise_seed=d, **key)]
+        per_draw = []
+        for d in sorted({r["noise_seed"] for r in rows if r["snr"] == snr and r["model"] == name}):
+            av_d, audio_d = (mean_cer(rows, modality=m, noise_seed=d, **key) for m in ("av", "audio"))
+            if av_d is not None and audio_d:
+                per_draw.append(1 - av_d / audio_d)
         out.append({**key, "av": av, "audio": audio, "gain": 1 - av / audio, "per_draw": per_draw})
     return out
 

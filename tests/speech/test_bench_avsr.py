@@ -40,3 +40,9 @@ def test_one_draw_keeps_the_plain_table(bench):
     rows = [_row("av", "0", 0, 0.10), _row("audio", "0", 0, 0.20)]
     table = bench.markdown(rows, ["m"], ["ctc_attention"])
     assert "noise draws" not in table and "50.0 % (50.0) |" in table
+
+
+def test_a_draw_without_its_av_row_has_no_per_draw_gain(bench):
+    rows = [_row("av", "0", 0, 0.10), _row("audio", "0", 0, 0.20), _row("audio", "0", 1000, 0.20)]
+    (g,) = bench.gains(rows)
+    assert g["per_draw"] == pytest.approx([0.5]) and g["gain"] == pytest.approx(0.5)
